@@ -1,0 +1,51 @@
+# Two commands on a fresh machine with Python 3.11: `make demo` and `make test`.
+PYTHON ?= python3.11
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+ARGS ?=
+PYTEST_ARGS ?=
+
+.PHONY: help venv demo test test-unit test-integration lint format bench clean
+
+help:
+	@echo "make demo   - run the engine embedded with simulated shoppers (ARGS='--duration 90')"
+	@echo "make test   - run the whole test suite (unit + integration + e2e)"
+	@echo "make lint   - ruff and mypy on stream/"
+	@echo "make bench  - throughput benchmark (loadtest/results/bench.json)"
+
+$(STAMP): pyproject.toml
+	@command -v $(PYTHON) >/dev/null 2>&1 || { echo "$(PYTHON) not found; set PYTHON=/path/to/python3.11"; exit 1; }
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+venv: $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/journey demo $(ARGS)
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
+
+test-unit: $(STAMP)
+	$(BIN)/python -m pytest -q tests/unit $(PYTEST_ARGS)
+
+test-integration: $(STAMP)
+	$(BIN)/python -m pytest -q tests/integration tests/e2e $(PYTEST_ARGS)
+
+lint: $(STAMP)
+	$(BIN)/ruff check stream loadtest tests
+	$(BIN)/ruff format --check stream loadtest
+	$(BIN)/mypy stream
+
+format: $(STAMP)
+	$(BIN)/ruff format stream loadtest tests
+	$(BIN)/ruff check --fix stream loadtest tests
+
+bench: $(STAMP)
+	$(BIN)/journey bench $(ARGS)
+
+clean:
+	rm -rf var .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,214 @@
+"""``journey``: one command for every service of the engine.
+
+    journey stack        start the embedded broker, Redis and SMTP catcher
+    journey worker       the Faust worker (ingest + journey agents, HTTP views)
+    journey collector    the Segment-compatible HTTP collector
+    journey pos          publish POS transactions from CSV / JSON Lines
+    journey replay       run an event log through the pure rules (the oracle)
+    journey simulate     generate simulated journeys (JSON Lines or to Kafka)
+    journey demo         everything above, embedded, with a live summary
+    journey topics       create the topics
+    journey config       print the effective settings
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from stream.settings import Settings, as_dict, load_settings
+
+log = logging.getLogger("journey")
+
+STACK_FILE = "var/stack.json"
+
+
+def resolve_broker(settings: Settings) -> Settings:
+    """Fill in the broker URL from a running ``journey stack`` when none is set."""
+    if settings.broker.url:
+        return settings
+    stack = settings.path(STACK_FILE)
+    if stack.exists():
+        info = json.loads(stack.read_text())
+        return settings.with_broker(info["broker_url"])
+    raise SystemExit(
+        "No broker configured: set JOURNEY_BROKER_URL (e.g. kafka://localhost:9092), "
+        "or start the embedded one with `journey stack` in another terminal, "
+        "or run everything embedded with `journey demo`."
+    )
+
+
+def cmd_topics(args: argparse.Namespace, settings: Settings) -> int:
+    from stream.app import all_topic_partitions
+    from stream.embedded import create_topics
+
+    settings = resolve_broker(settings)
+    topics = all_topic_partitions(settings)
+    create_topics(settings.broker.bootstrap, topics)
+    print(json.dumps({"created_or_present": topics}))
+    return 0
+
+
+def cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
+    from faust.worker import Worker
+
+    from stream.app import all_topic_partitions, build_worker_app
+    from stream.embedded import create_topics
+
+    settings = resolve_broker(settings)
+    create_topics(settings.broker.bootstrap, all_topic_partitions(settings))
+    app = build_worker_app(settings, store=args.store, web_port=args.web_port)
+    worker = Worker(app, loglevel=args.loglevel, redirect_stdouts=False)
+    worker.execute_from_commandline()
+    return 0
+
+
+def cmd_collector(args: argparse.Namespace, settings: Settings) -> int:
+    from stream.producers.collector import run
+
+    settings = resolve_broker(settings)
+    if args.port is not None:
+        from dataclasses import replace
+
+        settings = replace(settings, collector=replace(settings.collector, port=args.port))
+    run(settings)
+    return 0
+
+
+def cmd_pos(args: argparse.Namespace, settings: Settings) -> int:
+    from stream.producers import pos
+
+    return pos.main(args, resolve_broker(settings))
+
+
+def cmd_replay(args: argparse.Namespace, settings: Settings) -> int:
+    from stream.journey.replay import main
+
+    return main(args, settings)
+
+
+def cmd_simulate(args: argparse.Namespace, settings: Settings) -> int:
+    from loadtest import simulator
+
+    argv = list(args.rest)
+    if "--produce" in argv and "--broker-url" not in argv:
+        argv += ["--broker-url", resolve_broker(settings).broker.url]
+    return simulator.main(argv) or 0
+
+
+def cmd_stack(args: argparse.Namespace, settings: Settings) -> int:
+    import signal
+    import threading
+
+    from stream.embedded import EmbeddedStack
+
+    workdir = settings.path("var/stack")
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    with EmbeddedStack(workdir) as stack:
+        info = {"broker_url": stack.broker.url, **stack.env()}
+        path = settings.path(STACK_FILE)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(info, indent=2))
+        print(json.dumps(info, indent=2), flush=True)
+        print("Embedded stack running; Ctrl-C stops it.", flush=True)
+        try:
+            stop.wait()
+        except KeyboardInterrupt:
+            pass
+        finally:
+            path.unlink(missing_ok=True)
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
+    from stream.demo import run_demo
+
+    return run_demo(settings, duration_s=args.duration, rate=args.rate, workdir=args.workdir)
+
+
+def cmd_config(args: argparse.Namespace, settings: Settings) -> int:
+    print(json.dumps(as_dict(settings), indent=2, default=str))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="journey",
+        description=(
+            "Real-time customer-journey engine: touchpoints -> Kafka -> Faust agents -> "
+            "stages, transitions, abandonment and follow-ups."
+        ),
+        epilog="Settings come from config/journey.toml and JOURNEY_<SECTION>_<FIELD> variables.",
+    )
+    parser.add_argument("--config", help="settings file (default: config/journey.toml)")
+    parser.add_argument("--log-level", default="info", help="logging level (default: info)")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def add(name: str, fun: Callable[[argparse.Namespace, Settings], int], text: str) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, help=text, description=text)
+        p.set_defaults(func=fun)
+        return p
+
+    add("stack", cmd_stack, "Start the embedded Kafka-compatible broker, Redis and SMTP catcher "
+        "on loopback and record their addresses in var/stack.json for the other commands.")
+
+    p = add("worker", cmd_worker, "Run the Faust worker: ingest (validate, dedupe, identity) and "
+            "journey (state table, stage transitions) agents, plus GET /customers/{id}/journey, "
+            "GET /funnel and GET /metrics on its web port.")
+    p.add_argument("--web-port", type=int, default=None, help="HTTP port (default: [worker] web_port)")
+    p.add_argument("--store", default=None, help="table store URL: rocksdb:// (default) or memory://")
+    p.add_argument("--loglevel", default="info")
+
+    p = add("collector", cmd_collector, "Run the Segment-compatible HTTP collector "
+            "(POST /v1/track, /v1/identify, /v1/page, /v1/screen, /v1/alias, /v1/group, /v1/batch).")
+    p.add_argument("--port", type=int, default=None, help="listen port (default: [collector] port)")
+
+    p = add("pos", cmd_pos, "Publish in-store POS transactions from CSV or JSON Lines "
+            "(file, folder of exports or - for stdin); resumable through a checkpoint file.")
+    try:
+        from stream.producers.pos import add_arguments as pos_arguments
+
+        pos_arguments(p)
+    except ImportError as exc:  # pragma: no cover - only when the package is broken
+        p.set_defaults(import_error=str(exc))
+
+    p = add("replay", cmd_replay, "Run a JSON Lines event log through the pure journey rules offline "
+            "and print JSON Lines: transitions and final states (the oracle for the stream).")
+    p.add_argument("file", type=Path, help="JSON Lines file of touchpoints ('-' for stdin)")
+    p.add_argument("--stage-model", default=None, help="stage model name or file (default: setting)")
+    p.add_argument("--until", default=None, help="final watermark: RFC 3339, epoch ms, or 'end' "
+                   "(default: now minus the allowed lateness, as an idle, caught-up stream)")
+
+    p = add("simulate", cmd_simulate, "Generate simulated customer journeys (see "
+            "`journey simulate -- --help`).")
+    p.add_argument("rest", nargs=argparse.REMAINDER, help="arguments for loadtest.simulator")
+
+    p = add("demo", cmd_demo, "Start everything embedded (broker, Redis, SMTP catcher, worker, "
+            "collector) with simulated web and POS shoppers and a live summary.")
+    p.add_argument("--duration", type=float, default=60.0, help="seconds to run (default 60)")
+    p.add_argument("--rate", type=float, default=20.0, help="events per second (default 20)")
+    p.add_argument("--workdir", type=Path, default=None, help="where data and logs go "
+                   "(default: a new folder under var/demo)")
+
+    add("topics", cmd_topics, "Create every topic the engine uses (idempotent).")
+    add("config", cmd_config, "Print the effective settings as JSON (secrets masked).")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    settings = load_settings(args.config)
+    return int(args.func(args, settings) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

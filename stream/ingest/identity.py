@@ -1,0 +1,97 @@
+"""Identity resolution: which journey does a touchpoint belong to?
+
+The ``touchpoints`` topic is keyed by raw id (anonymous id, else customer id,
+else ``loyalty:…``/``email:…``), and the identity table is keyed the same way,
+so a lookup is always local to the partition being processed.
+
+- An event with a customer id belongs to that customer.
+- An event with only an alias (anonymous id, loyalty id, email) belongs to the
+  customer the alias is linked to, or else to the orphan journey named after
+  the alias (``anon:X``, ``loyalty:L``, ``email:e``).
+- When an event shows an alias together with a customer id (login, identify,
+  alias, a POS sale with both) the link is recorded, and the orphan journey of
+  that alias is told to merge into the customer's (a ``merge`` message keyed by
+  the orphan, on the same ordered topic the orphan's own events travel). Links
+  for aliases keyed in other partitions are sent as ``link`` messages to the
+  ``touchpoints`` topic, keyed by the alias, so the partition that owns the
+  alias records it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from stream.contract import Touchpoint, alias_ids, internal_touchpoint
+
+LINK = "link"
+MERGE = "merge"
+
+
+def orphan_key(raw_key: str) -> str:
+    """Journey key of events seen only under ``raw_key`` (an alias)."""
+    if raw_key.startswith(("loyalty:", "email:")):
+        return raw_key
+    return f"anon:{raw_key}"
+
+
+@dataclass
+class Resolution:
+    """What to do with one touchpoint: where it goes and what else to send."""
+
+    journey_key: str
+    #: New link for the alias this partition owns: (alias raw key, customer id).
+    record: tuple[str, str] | None = None
+    #: ``merge`` touchpoints to send to orphan journeys: (orphan journey key, tp).
+    merges: list[tuple[str, Touchpoint]] = field(default_factory=list)
+    #: ``link`` touchpoints for aliases owned by other partitions: (raw key, tp).
+    links: list[tuple[str, Touchpoint]] = field(default_factory=list)
+
+
+def resolve(tp: Touchpoint, lookup: Callable[[str], str | None]) -> Resolution:
+    """Decide the journey key of ``tp`` and the identity side effects.
+
+    ``lookup(raw_key)`` returns the customer an alias owned by this partition is
+    linked to, if any. Pure apart from calling ``lookup``.
+    """
+    key = tp.routing_key
+    if tp.type == LINK:
+        # Sent by resolve() itself: record alias -> customer where the alias lives.
+        customer = str(tp.properties["customer_id"])
+        res = Resolution(journey_key="")
+        if lookup(key) != customer:
+            res.record = (key, customer)
+            res.merges.append((orphan_key(key), _merge(tp, key, customer)))
+        return res
+    customer = tp.customer_id
+    if customer is None:
+        linked = lookup(key)
+        return Resolution(journey_key=linked or orphan_key(key))
+    res = Resolution(journey_key=customer)
+    if key != customer and lookup(key) != customer:
+        res.record = (key, customer)
+        res.merges.append((orphan_key(key), _merge(tp, key, customer)))
+    for alias in alias_ids(tp):
+        if alias != key:
+            res.links.append((alias, _link(tp, alias, customer)))
+    return res
+
+
+def _merge(tp: Touchpoint, alias: str, customer: str) -> Touchpoint:
+    return internal_touchpoint(
+        MERGE,
+        f"merge:{alias}:{customer}",
+        tp.timestamp,
+        anonymous_id=alias,
+        properties={"into": customer, "alias": alias},
+    )
+
+
+def _link(tp: Touchpoint, alias: str, customer: str) -> Touchpoint:
+    return internal_touchpoint(
+        LINK,
+        f"link:{alias}:{customer}",
+        tp.timestamp,
+        anonymous_id=alias,
+        properties={"customer_id": customer},
+    )

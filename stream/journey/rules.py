@@ -1,0 +1,418 @@
+"""The journey rules: pure functions over :class:`JourneyState`.
+
+- :func:`apply` takes one touchpoint in. Events at or after the state's
+  ``settled_until`` wait in ``pending`` (event-time order, ties by event id);
+  older ones are *late*: counted and folded at once without rewriting history.
+- :func:`advance` settles pending events up to a watermark, in order, and
+  returns the stage transitions that produced. Because settling happens in
+  event-time order, any arrival order within the allowed lateness gives the
+  same state and the same transitions.
+- :func:`merge` folds an orphan journey (anonymous, loyalty card, email) into a
+  customer's, exactly once.
+
+Functions take ownership of the state passed in (they may change it) and
+return the new state; they read no clock and do no I/O.
+"""
+
+from __future__ import annotations
+
+import bisect
+from collections.abc import Iterable
+
+from stream.contract import Touchpoint
+from stream.journey.stages import StageModel
+from stream.journey.state import (
+    SEEN_IDS,
+    VIEWED_PRODUCTS,
+    Cart,
+    CartItem,
+    Checkout,
+    JourneyState,
+    StageVisit,
+    Transition,
+)
+
+LAPSE_CAUSE = "lapse"
+
+
+def _order(tp: Touchpoint) -> tuple[int, str]:
+    return (tp.timestamp, tp.event_id)
+
+
+def is_duplicate(state: JourneyState, tp: Touchpoint) -> bool:
+    if tp.event_id in state.seen_ids:
+        return True
+    return any(p.event_id == tp.event_id for p in state.pending)
+
+
+def apply(
+    state: JourneyState, tp: Touchpoint, model: StageModel
+) -> tuple[JourneyState, list[Transition]]:
+    """Take one touchpoint in; returns transitions only for late events."""
+    if is_duplicate(state, tp):
+        return state, []
+    if tp.timestamp < state.settled_until:
+        # Too late to be placed in order: apply now, never back in time.
+        state.late_events += 1
+        transitions = _step(state, tp, model, at=max(tp.timestamp, state.stage_entered_at))
+        _remember(state, tp.event_id)
+        return state, transitions
+    keys = [_order(p) for p in state.pending]
+    state.pending.insert(bisect.bisect_right(keys, _order(tp)), tp)
+    return state, []
+
+
+def advance(
+    state: JourneyState, watermark: int, model: StageModel
+) -> tuple[JourneyState, list[Transition]]:
+    """Settle every pending event with event time <= ``watermark``."""
+    transitions: list[Transition] = []
+    if watermark <= state.settled_until:
+        return state, transitions
+    pending = state.pending
+    n = 0
+    while n < len(pending) and pending[n].timestamp <= watermark:
+        tp = pending[n]
+        transitions.extend(_maybe_lapse(state, model, before=tp.timestamp))
+        transitions.extend(_step(state, tp, model, at=tp.timestamp))
+        _remember(state, tp.event_id)
+        n += 1
+    if n:
+        del pending[:n]
+    transitions.extend(_maybe_lapse(state, model, before=watermark + 1))
+    state.settled_until = watermark
+    return state, transitions
+
+
+def next_due(state: JourneyState, model: StageModel) -> int | None:
+    """The smallest watermark at which :func:`advance` would change something."""
+    due = [state.pending[0].timestamp] if state.pending else []
+    lapse_at = _lapse_at(state, model)
+    if lapse_at is not None:
+        due.append(lapse_at)
+    return min(due) if due else None
+
+
+def run(
+    state: JourneyState, tps: Iterable[Touchpoint], watermark: int, model: StageModel
+) -> tuple[JourneyState, list[Transition]]:
+    """Apply a batch of touchpoints, then advance to ``watermark``."""
+    transitions: list[Transition] = []
+    for tp in tps:
+        state, out = apply(state, tp, model)
+        transitions.extend(out)
+    state, out = advance(state, watermark, model)
+    transitions.extend(out)
+    return state, transitions
+
+
+def merge(
+    into: JourneyState, other: JourneyState, alias: str, model: StageModel
+) -> tuple[JourneyState, list[Transition]]:
+    """Fold the orphan journey ``other`` (known as ``alias``) into ``into``, once.
+
+    Pending events are merged as events, so they settle in order with the
+    customer's own. What ``other`` had already settled is added to the totals;
+    if it had reached a later stage, the customer moves there (never back in
+    time).
+    """
+    if alias in into.merged_from:
+        return into, []
+    into.merged_from.append(alias)
+    for tp in other.pending:
+        into, _ = apply(into, tp, model)
+    transitions: list[Transition] = []
+    if other.events:
+        _merge_settled(into, other)
+        if other.stage is not None and (
+            into.stage is None or model.rank(other.stage) > model.rank(into.stage)
+        ):
+            at = max(other.stage_entered_at, into.stage_entered_at)
+            transitions.extend(_enter(into, other.stage, at, f"merge:{alias}"))
+    return into, transitions
+
+
+def _merge_settled(into: JourneyState, other: JourneyState) -> None:
+    into.events += other.events
+    for src, dst in (
+        (other.counts_by_channel, into.counts_by_channel),
+        (other.counts_by_type, into.counts_by_type),
+        (other.viewed, into.viewed),
+    ):
+        for k, v in src.items():
+            dst[k] = dst.get(k, 0) + v
+    if other.first_seen is not None:
+        into.first_seen = min(into.first_seen or other.first_seen, other.first_seen)
+    if other.last_seen is not None:
+        into.last_seen = max(into.last_seen or other.last_seen, other.last_seen)
+    if other.cart and (into.cart is None or other.cart.updated_at > into.cart.updated_at):
+        into.cart = other.cart
+    if other.checkout and (into.checkout is None or other.checkout.started_at > into.checkout.started_at):
+        into.checkout = other.checkout
+    o, p = into.orders, other.orders
+    o.count += p.count
+    o.total_value = round(o.total_value + p.total_value, 2)
+    o.returns += p.returns
+    o.returned_value = round(o.returned_value + p.returned_value, 2)
+    if p.last_at is not None and (o.last_at is None or p.last_at > o.last_at):
+        o.last_order_id, o.last_value, o.last_currency = p.last_order_id, p.last_value, p.last_currency
+        o.last_at, o.last_channel = p.last_at, p.last_channel
+    if other.email_opt_out:
+        into.email_opt_out = True
+        into.email_opt_out_at = other.email_opt_out_at
+    into.timezone = into.timezone or other.timezone
+    into.first_name = into.first_name or other.first_name
+    for src_list, dst_list in (
+        (other.anonymous_ids, into.anonymous_ids),
+        (other.emails, into.emails),
+        (other.loyalty_ids, into.loyalty_ids),
+    ):
+        for v in src_list:
+            _add_unique(dst_list, v)
+    into.late_events += other.late_events
+    for event_id in other.seen_ids:
+        _remember(into, event_id)
+
+
+def _remember(state: JourneyState, event_id: str) -> None:
+    seen = state.seen_ids
+    seen.append(event_id)
+    if len(seen) > SEEN_IDS:
+        del seen[: len(seen) - SEEN_IDS]
+
+
+def _add_unique(values: list[str], value: str) -> None:
+    if value not in values:
+        values.append(value)
+
+
+def _enter(state: JourneyState, stage: str, at: int, cause: str) -> list[Transition]:
+    prev = state.stage
+    if state.history:
+        state.history[-1].left_at = at
+    state.history.append(StageVisit(stage=stage, entered_at=at, cause=cause))
+    state.stage = stage
+    state.stage_entered_at = at
+    return [Transition(state.customer_id or state.key, prev, stage, at, cause)]
+
+
+def _lapse_at(state: JourneyState, model: StageModel) -> int | None:
+    if model.lapse_stage is None or state.stage not in model.lapse_from or state.last_seen is None:
+        return None
+    return state.last_seen + model.lapse_after_ms
+
+
+def _maybe_lapse(state: JourneyState, model: StageModel, before: int) -> list[Transition]:
+    at = _lapse_at(state, model)
+    if at is None or at >= before:
+        return []
+    assert model.lapse_stage is not None
+    return _enter(state, model.lapse_stage, max(at, state.stage_entered_at), LAPSE_CAUSE)
+
+
+def _target_stage(state: JourneyState, tp: Touchpoint, model: StageModel) -> str | None:
+    target = model.stage_for(tp)
+    loyalty = model.loyalty_stage
+    if loyalty is None:
+        return target
+    last_order_at = state.orders.last_at
+    if target == model.purchase_stage and tp.type in model.purchase_types:
+        if (
+            last_order_at is not None
+            and state.orders.count > 0
+            and tp.timestamp - last_order_at <= model.repeat_purchase_within_ms
+        ):
+            return loyalty
+    elif (
+        tp.type in model.engagement_types
+        and state.stage == model.purchase_stage
+        and last_order_at is not None
+        and tp.timestamp - last_order_at <= model.engagement_within_ms
+    ):
+        return loyalty
+    return target
+
+
+def _allowed(state: JourneyState, target: str, model: StageModel) -> bool:
+    current = state.stage
+    if current is None or current == model.lapse_stage:
+        return True
+    if target == current:
+        return False
+    rank_t, rank_c = model.rank(target), model.rank(current)
+    if rank_t > rank_c:
+        return True
+    if model.allow_regression:
+        return True
+    return (
+        model.new_cycle_after_purchase
+        and current == model.purchase_stage
+        and 0 < rank_t < model.rank(model.purchase_stage)
+    )
+
+
+def _step(state: JourneyState, tp: Touchpoint, model: StageModel, at: int) -> list[Transition]:
+    """Fold one settled event into the state, in order."""
+    target = _target_stage(state, tp, model)
+    _record(state, tp)
+    if state.stage is None and target is None:
+        target = model.initial
+    if target is not None and _allowed(state, target, model):
+        return _enter(state, target, at, tp.event_id)
+    return []
+
+
+def _record(state: JourneyState, tp: Touchpoint) -> None:
+    """Counters, identifiers, cart, orders, consent: everything but the stage."""
+    ts = tp.timestamp
+    props = tp.properties
+    state.events += 1
+    state.counts_by_channel[tp.channel] = state.counts_by_channel.get(tp.channel, 0) + 1
+    state.counts_by_type[tp.type] = state.counts_by_type.get(tp.type, 0) + 1
+    state.first_seen = ts if state.first_seen is None else min(state.first_seen, ts)
+    state.last_seen = ts if state.last_seen is None else max(state.last_seen, ts)
+    if tp.customer_id and state.customer_id is None:
+        state.customer_id = tp.customer_id
+    if tp.anonymous_id:
+        _add_unique(state.anonymous_ids, tp.anonymous_id)
+    email = props.get("email")
+    if isinstance(email, str) and "@" in email:
+        _add_unique(state.emails, email.strip().lower())
+    loyalty = props.get("loyalty_id")
+    if isinstance(loyalty, str) and loyalty:
+        _add_unique(state.loyalty_ids, loyalty)
+    first_name = props.get("first_name")
+    if isinstance(first_name, str) and first_name:
+        state.first_name = first_name
+    tz = tp.context.get("timezone") or props.get("timezone")
+    if isinstance(tz, str) and tz:
+        state.timezone = tz
+    store = props.get("store_id")
+    if isinstance(store, str) and store and tp.channel == "pos":
+        state.last_store = store
+    handler = _HANDLERS.get(tp.type)
+    if handler is not None:
+        handler(state, tp)
+
+
+def _items(props: dict) -> list[CartItem]:
+    raw = props.get("products")
+    if not isinstance(raw, list):
+        raw = [props]
+    items = []
+    for p in raw:
+        if not isinstance(p, dict):
+            continue
+        sku = p.get("sku") or p.get("product_id")
+        if not sku:
+            continue
+        price = p.get("price", 0.0)
+        qty = p.get("quantity", 1)
+        items.append(
+            CartItem(
+                sku=str(sku),
+                name=str(p.get("name") or ""),
+                price=float(price) if isinstance(price, int | float) else 0.0,
+                quantity=qty if isinstance(qty, int) and qty >= 0 else 1,
+            )
+        )
+    return items
+
+
+def _on_add(state: JourneyState, tp: Touchpoint) -> None:
+    props = dict(tp.properties)
+    cart_id = props.get("cart_id")
+    cart = state.cart
+    if cart is None or (cart_id and cart_id != cart.cart_id):
+        cart = Cart(cart_id=str(cart_id or f"cart:{tp.event_id}"))
+    for item in _items(props):
+        held = cart.items.get(item.sku)
+        if held is None:
+            cart.items[item.sku] = item
+        else:
+            held.quantity += item.quantity
+            held.price = item.price or held.price
+    cart.currency = str(props.get("currency") or cart.currency)
+    cart.updated_at = tp.timestamp
+    state.cart = cart if cart.items else None
+
+
+def _on_remove(state: JourneyState, tp: Touchpoint) -> None:
+    cart = state.cart
+    if cart is None:
+        return
+    for item in _items(dict(tp.properties)):
+        held = cart.items.get(item.sku)
+        if held is None:
+            continue
+        removed = item.quantity if "quantity" in tp.properties else held.quantity
+        held.quantity -= removed
+        if held.quantity <= 0:
+            del cart.items[item.sku]
+    cart.updated_at = tp.timestamp
+    if not cart.items:
+        state.cart = None
+        state.checkout = None
+
+
+def _on_checkout(state: JourneyState, tp: Touchpoint) -> None:
+    cart_id = tp.properties.get("cart_id") or (state.cart.cart_id if state.cart else None)
+    state.checkout = Checkout(started_at=tp.timestamp, cart_id=cart_id, event_id=tp.event_id)
+
+
+def _value(props: dict) -> float:
+    for name in ("value", "total", "revenue"):
+        v = props.get(name)
+        if isinstance(v, int | float):
+            return float(v)
+    return sum(i.price * i.quantity for i in _items(props))
+
+
+def _on_purchase(state: JourneyState, tp: Touchpoint) -> None:
+    props = dict(tp.properties)
+    o = state.orders
+    o.count += 1
+    value = _value(props)
+    o.total_value = round(o.total_value + value, 2)
+    o.last_order_id = str(props.get("order_id") or tp.event_id)
+    o.last_value = value
+    o.last_currency = str(props.get("currency") or "")
+    o.last_at = tp.timestamp
+    o.last_channel = tp.channel
+    # A purchase in any channel closes the open cart and checkout.
+    state.cart = None
+    state.checkout = None
+
+
+def _on_return(state: JourneyState, tp: Touchpoint) -> None:
+    state.orders.returns += 1
+    state.orders.returned_value = round(state.orders.returned_value + abs(_value(dict(tp.properties))), 2)
+
+
+def _on_unsubscribe(state: JourneyState, tp: Touchpoint) -> None:
+    state.email_opt_out = True
+    state.email_opt_out_at = tp.timestamp
+
+
+def _on_view(state: JourneyState, tp: Touchpoint) -> None:
+    sku = tp.properties.get("sku") or tp.properties.get("product_id")
+    if not sku:
+        return
+    viewed = state.viewed
+    sku = str(sku)
+    viewed[sku] = viewed.get(sku, 0) + 1
+    if len(viewed) > VIEWED_PRODUCTS:
+        least = min(viewed, key=lambda k: viewed[k])
+        del viewed[least]
+
+
+_HANDLERS = {
+    "add_to_cart": _on_add,
+    "remove_from_cart": _on_remove,
+    "checkout_started": _on_checkout,
+    "purchase": _on_purchase,
+    "pos_purchase": _on_purchase,
+    "return": _on_return,
+    "unsubscribe": _on_unsubscribe,
+    "product_view": _on_view,
+}

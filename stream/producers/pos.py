@@ -1,0 +1,1023 @@
+"""In-store POS producer: CSV / JSON Lines transaction exports -> ``touchpoints``.
+
+Where a shop-floor event enters the engine. Three layers, top to bottom:
+
+- :func:`row_to_touchpoint`, pure: one export row (a mapping of column -> value)
+  becomes one validated :class:`~stream.contract.Touchpoint` or raises
+  :class:`~stream.contract.InvalidTouchpoint` with a precise reason.
+- :func:`iter_rows`: reads a CSV or JSON Lines export into rows, numbered by
+  physical line, remembering the byte offset after each row.
+- :class:`PosProducer`: publishes rows in batches and, once the broker has
+  acknowledged a batch, records how far it got in a checkpoint file, so a
+  restart resends nothing that was acknowledged. Malformed rows go to a reject
+  file (JSON Lines) and the rest keeps flowing. ``follow`` tails growing files.
+
+A re-sent row carries the same ``event_id`` (``pos:{store}:{register}:{receipt}:
+{sale|refund}``), so anything sent twice after a crash between the broker's
+acknowledgement and the checkpoint write is dropped by the ingest dedupe.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import csv
+import hashlib
+import io
+import logging
+import math
+import os
+import re
+import select
+import signal
+import sys
+import threading
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+import orjson
+from kafka.errors import KafkaError
+
+from stream import contract
+from stream.contract import InvalidTouchpoint, Touchpoint
+from stream.producers.publisher import Publisher, PublishError, Record
+from stream.settings import Settings
+
+log = logging.getLogger(__name__)
+
+CHANNEL = "pos"
+SOURCE = "pos"
+KIND_TYPES = {"sale": "pos_purchase", "refund": "return"}
+KIND_ALIASES = {"sale": "sale", "refund": "refund", "return": "refund"}
+
+FORMATS = ("csv", "jsonl")
+EXTENSIONS = {".csv": "csv", ".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "jsonl"}
+STDIN = "-"
+
+#: Rows per acknowledged batch (and per checkpoint write).
+BATCH_ROWS = 500
+#: How often ``follow`` looks for appended lines when it has nothing to do.
+POLL_INTERVAL_S = 0.5
+READ_CHUNK_BYTES = 64 * 1024
+#: A quoted CSV field may span lines; past this size the quote is taken as unterminated.
+MAX_RECORD_BYTES = 1024 * 1024
+CHECKPOINT_VERSION = 1
+
+_NUMBER = re.compile(r"^[+-]?(\d+(\.\d*)?|\.\d+)([eE][+-]?\d+)?$")
+_EMAIL = re.compile(r"^[^@\s]+@[^@\s]+$")
+_CURRENCY = re.compile(r"^[A-Za-z]{3}$")
+_BOM = b"\xef\xbb\xbf"
+
+HELP = "publish in-store POS transactions from CSV or JSON Lines exports"
+
+DESCRIPTION = """\
+Publish in-store POS transactions to the touchpoints topic, from CSV or JSON
+Lines exports (one transaction per row), files or folders of them.
+
+Columns / keys of a row:
+  store_id, register        where the transaction happened (required)
+  receipt_id                receipt number (alias: order_id; required)
+  timestamp                 RFC 3339 with offset, or epoch milliseconds
+  customer_id | loyalty_id | email
+                            at least one (loyalty_id alias: loyalty_card)
+  items                     JSON Lines: array of {sku, name, price, quantity};
+                            CSV: the same JSON array, or compact text
+                            SKU:QTY:PRICE[:NAME];SKU:QTY:PRICE...
+  total                     amount paid (default: sum of price x quantity)
+  currency                  3-letter code (default: [pos] default_currency)
+  kind (or type)            sale (default) or refund
+Sales become pos_purchase touchpoints, refunds return touchpoints; refund
+amounts may be written positive or negative.
+"""
+
+EPILOG = """\
+Resumable: after every batch the broker acknowledged, the byte offset and line
+reached in each file are written to the checkpoint file; run the same command
+again and it continues after the last acknowledged row (a file replaced by a
+different one is read from its start). Rows are never lost; after a crash a
+few may be sent twice and are de-duplicated downstream by their event id
+pos:STORE:REGISTER:RECEIPT:sale|refund. Stdin (-) has no checkpoint.
+
+Malformed rows go to the reject file as JSON Lines {file, line, reason, raw};
+the other rows flow. SIGINT/SIGTERM finish the current batch, write the
+checkpoint and exit 0. A one-line JSON report is printed at the end.
+"""
+
+
+# --- rows -> touchpoints (pure) ------------------------------------------------
+
+
+def row_to_touchpoint(row: Mapping[str, Any], *, default_currency: str) -> Touchpoint:
+    """Map one POS export row to a validated touchpoint.
+
+    Column names are matched case-insensitively; empty values count as
+    missing. Raises :class:`InvalidTouchpoint` naming the first problem.
+    """
+    fields = {str(k).strip().lower(): v for k, v in row.items() if k is not None}
+    store_id = _required_id(fields, "store_id")
+    register = _required_id(fields, "register")
+    receipt_id = _required_id(fields, "receipt_id", "order_id")
+    kind = _kind(fields)
+    timestamp = _timestamp(fields)
+    customer_id = _optional_id(fields, "customer_id")
+    loyalty_id = _optional_id(fields, "loyalty_id", "loyalty_card")
+    email = _email(fields)
+    if not (customer_id or loyalty_id or email):
+        raise InvalidTouchpoint(
+            "no customer identifier: one of customer_id, loyalty_id (loyalty_card) "
+            "or email is required",
+            "customer_id",
+        )
+    refund = kind == "refund"
+    products = _items(_first(fields, "items", "products"), refund=refund)
+    value = _total(fields, products, refund=refund)
+    currency = _currency(_first(fields, "currency"), default_currency)
+    properties: dict[str, Any] = {
+        "store_id": store_id,
+        "register": register,
+        "order_id": receipt_id,
+        "products": products,
+        "value": value,
+        "currency": currency,
+    }
+    if loyalty_id:
+        properties["loyalty_id"] = loyalty_id
+    if email:
+        properties["email"] = email
+    return contract.parse(
+        {
+            "event_id": pos_event_id(store_id, register, receipt_id, kind),
+            "type": KIND_TYPES[kind],
+            "channel": CHANNEL,
+            "timestamp": timestamp,
+            "customer_id": customer_id,
+            "properties": properties,
+            "source": SOURCE,
+        }
+    )
+
+
+def pos_event_id(store_id: str, register: str, receipt_id: str, kind: str) -> str:
+    """``pos:{store}:{register}:{receipt}:{kind}``; ``%`` and ``:`` inside ids are escaped."""
+    parts = (p.replace("%", "%25").replace(":", "%3A") for p in (store_id, register, receipt_id))
+    return ":".join(("pos", *parts, kind))
+
+
+def _first(fields: Mapping[str, Any], *names: str) -> Any:
+    for name in names:
+        value = fields.get(name)
+        if isinstance(value, str):
+            value = value.strip()
+        if value is not None and value != "":
+            return value
+    return None
+
+
+def _names(names: Sequence[str]) -> str:
+    return names[0] if len(names) == 1 else f"{names[0]} (or {', '.join(names[1:])})"
+
+
+def _optional_id(fields: Mapping[str, Any], *names: str) -> str | None:
+    value = _first(fields, *names)
+    if value is None:
+        return None
+    if isinstance(value, int) and not isinstance(value, bool):
+        return str(value)
+    if not isinstance(value, str):
+        raise InvalidTouchpoint(
+            f"{_names(names)} must be text, got {type(value).__name__}", names[0]
+        )
+    return value
+
+
+def _required_id(fields: Mapping[str, Any], *names: str) -> str:
+    value = _optional_id(fields, *names)
+    if value is None:
+        raise InvalidTouchpoint(f"{_names(names)} is required", names[0])
+    return value
+
+
+def _kind(fields: Mapping[str, Any]) -> str:
+    value = _first(fields, "kind", "type")
+    if value is None:
+        return "sale"
+    kind = KIND_ALIASES.get(str(value).lower()) if isinstance(value, str) else None
+    if kind is None:
+        raise InvalidTouchpoint(f"kind must be sale or refund, got {str(value)[:32]!r}", "kind")
+    return kind
+
+
+def _timestamp(fields: Mapping[str, Any]) -> int:
+    value = _first(fields, "timestamp")
+    if value is None:
+        raise InvalidTouchpoint("timestamp is required", "timestamp")
+    if isinstance(value, str) and _NUMBER.match(value):
+        value = float(value) if any(c in value for c in ".eE") else int(value)
+    return contract.parse_timestamp(value)
+
+
+def _email(fields: Mapping[str, Any]) -> str | None:
+    value = _first(fields, "email")
+    if value is None:
+        return None
+    if not isinstance(value, str) or not _EMAIL.match(value):
+        raise InvalidTouchpoint(f"email {str(value)[:64]!r} is not an email address", "email")
+    return value.lower()
+
+
+def _currency(value: Any, default: str) -> str:
+    code = default if value is None else value
+    if not isinstance(code, str) or not _CURRENCY.match(code):
+        raise InvalidTouchpoint(
+            f"currency {str(code)[:16]!r} is not a 3-letter code like EUR", "currency"
+        )
+    return code.upper()
+
+
+def _number(value: Any) -> float | None:
+    """A finite number from a JSON number or numeric text, else None."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, str):
+        text = value.strip()
+        if not _NUMBER.match(text):
+            return None
+        value = float(text)
+    if isinstance(value, int | float) and math.isfinite(value):
+        return float(value)
+    return None
+
+
+def _items(value: Any, *, refund: bool) -> list[dict[str, Any]]:
+    if value is None:
+        return []
+    if isinstance(value, str):
+        if value.startswith("["):
+            try:
+                value = orjson.loads(value)
+            except orjson.JSONDecodeError as exc:
+                raise InvalidTouchpoint(
+                    f"items is not a valid JSON array: {exc}", "items"
+                ) from None
+        else:
+            return [_compact_item(i, seg, refund) for i, seg in enumerate(_segments(value))]
+    if not isinstance(value, list):
+        raise InvalidTouchpoint(
+            "items must be an array of {sku, name, price, quantity} or SKU:QTY:PRICE[:NAME] text",
+            "items",
+        )
+    out = []
+    for i, item in enumerate(value):
+        if not isinstance(item, dict):
+            raise InvalidTouchpoint(f"items[{i}] must be an object", "items")
+        quantity = item.get("quantity", item.get("qty", 1))
+        out.append(_item(i, item.get("sku"), item.get("name"), item.get("price"), quantity, refund))
+    return out
+
+
+def _segments(text: str) -> list[str]:
+    return [seg.strip() for seg in text.split(";") if seg.strip()]
+
+
+def _compact_item(i: int, segment: str, refund: bool) -> dict[str, Any]:
+    parts = [p.strip() for p in segment.split(":", 3)]
+    if len(parts) < 3:
+        raise InvalidTouchpoint(f"items[{i}] {segment[:64]!r} is not SKU:QTY:PRICE[:NAME]", "items")
+    name = parts[3] if len(parts) == 4 else None
+    return _item(i, parts[0], name, parts[2], parts[1], refund)
+
+
+def _item(i: int, sku: Any, name: Any, price: Any, quantity: Any, refund: bool) -> dict[str, Any]:
+    if isinstance(sku, int) and not isinstance(sku, bool):
+        sku = str(sku)
+    if not isinstance(sku, str) or not sku.strip():
+        raise InvalidTouchpoint(f"items[{i}] has no sku", "items")
+    sku = sku.strip()
+    qty = _number(quantity)
+    if qty is None or not qty.is_integer():
+        raise InvalidTouchpoint(
+            f"items[{i}] ({sku}) quantity {str(quantity)[:32]!r} is not a whole number", "items"
+        )
+    if price is None or price == "":
+        raise InvalidTouchpoint(f"items[{i}] ({sku}) has no price", "items")
+    unit = _number(price)
+    if unit is None:
+        raise InvalidTouchpoint(
+            f"items[{i}] ({sku}) price {str(price)[:32]!r} is not a number", "items"
+        )
+    if refund:
+        qty, unit = abs(qty), abs(unit)
+    if qty <= 0:
+        raise InvalidTouchpoint(
+            f"items[{i}] ({sku}) quantity must be positive, got {qty:g}", "items"
+        )
+    if unit < 0:
+        raise InvalidTouchpoint(f"items[{i}] ({sku}) price must not be negative", "items")
+    if name is not None and not isinstance(name, str):
+        raise InvalidTouchpoint(f"items[{i}] ({sku}) name must be text", "items")
+    return {"sku": sku, "name": (name or "").strip() or sku, "price": unit, "quantity": int(qty)}
+
+
+def _total(fields: Mapping[str, Any], products: list[dict[str, Any]], *, refund: bool) -> float:
+    value = _first(fields, "total")
+    if value is None:
+        if not products:
+            raise InvalidTouchpoint("total is required when there are no items", "total")
+        return round(sum(p["price"] * p["quantity"] for p in products), 2)
+    total = _number(value)
+    if total is None:
+        raise InvalidTouchpoint(f"total {str(value)[:32]!r} is not a number", "total")
+    if refund:
+        return abs(total)
+    if total < 0:
+        raise InvalidTouchpoint("total must not be negative for a sale (use kind=refund)", "total")
+    return total
+
+
+# --- reading exports ------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class ExportRow:
+    """One row of an export: a column mapping, or why it could not be read."""
+
+    line: int
+    row: dict[str, Any] | InvalidTouchpoint
+    raw: str
+    #: Byte offsets of the row in its file, and physical lines read up to its end.
+    start: int
+    end: int
+    end_line: int
+
+
+def detect_format(path: str | Path, fmt: str | None = None) -> str:
+    """``fmt`` if given, else the format named by the file extension."""
+    if fmt is not None:
+        if fmt not in FORMATS:
+            raise ValueError(f"unknown format {fmt!r}: use one of {', '.join(FORMATS)}")
+        return fmt
+    if str(path) == STDIN:
+        raise ValueError("reading stdin (-) needs --format csv or --format jsonl")
+    found = EXTENSIONS.get(Path(path).suffix.lower())
+    if found is None:
+        raise ValueError(
+            f"{path}: cannot tell the format from the extension "
+            f"({', '.join(EXTENSIONS)}); pass --format csv|jsonl"
+        )
+    return found
+
+
+class ExportReader:
+    """Complete rows of one CSV or JSON Lines byte stream, from a byte offset on.
+
+    ``read`` returns newly available bytes (``b""`` at the current end, ``None``
+    when interrupted). Only complete lines become rows; an unterminated last
+    line becomes a row only once the end of input is final, so a line a writer
+    is still appending waits for its newline.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        fmt: str,
+        read: Callable[[], bytes | None],
+        *,
+        offset: int = 0,
+        line: int = 0,
+    ) -> None:
+        self.name = name
+        self.fmt = fmt
+        self._read = read
+        self._buf = bytearray()
+        self.offset = offset  # of the first byte not yet turned into a row
+        self.line = line  # physical lines consumed
+        self.header: list[str] | None = None
+        self.eof = False
+
+    def rows(self, final: bool) -> Iterator[ExportRow]:
+        """Rows available now; with ``final`` the unterminated last line too."""
+        while True:
+            found = self._record_end(at_end=final and self.eof)
+            if found is None:
+                if self._fill():
+                    continue
+                found = self._record_end(at_end=final and self.eof)
+                if found is None:
+                    return
+            row = self._take(*found)
+            if row is not None:
+                yield row
+
+    def read_header(self) -> None:
+        """Read the CSV header (the first non-blank record) when resuming mid-file."""
+        while self.header is None:
+            found = self._record_end(at_end=self.eof)
+            if found is None:
+                if self._fill():
+                    continue
+                found = self._record_end(at_end=self.eof)
+                if found is None:
+                    return
+            self._take(*found)
+
+    def reposition(self, offset: int, line: int) -> None:
+        """Continue at ``offset`` (the caller has moved the stream there)."""
+        self._buf.clear()
+        self.offset = offset
+        self.line = line
+        self.eof = False
+
+    def _fill(self) -> bool:
+        data = self._read()
+        if data is None:
+            return False
+        self.eof = not data
+        self._buf += data
+        return bool(data)
+
+    def _record_end(self, at_end: bool) -> tuple[int, str | None] | None:
+        """End index in the buffer of the next record, and a reason if it is broken."""
+        buf = self._buf
+        lines: list[str] = []
+        line_start = 0
+        while True:
+            nl = buf.find(b"\n", line_start)
+            if nl < 0:
+                if not (at_end and buf):
+                    return None
+                if self.fmt == "csv":
+                    if line_start < len(buf):
+                        lines.append(buf[line_start:].decode("utf-8", "replace"))
+                    if not _csv_record_complete(lines):
+                        return len(buf), "unterminated quoted field at end of file"
+                return len(buf), None
+            end = nl + 1
+            if self.fmt != "csv":
+                return end, None
+            line = buf[line_start:end]
+            if not lines and b'"' not in line:
+                return end, None  # the common case: one line, nothing quoted
+            lines.append(line.decode("utf-8", "replace"))
+            if _csv_record_complete(lines):
+                return end, None
+            if end > MAX_RECORD_BYTES:
+                return buf.find(b"\n") + 1, "unterminated quoted field"
+            line_start = end
+
+    def _take(self, end: int, broken: str | None) -> ExportRow | None:
+        chunk = bytes(self._buf[:end])
+        del self._buf[:end]
+        start, first_line = self.offset, self.line + 1
+        self.offset += end
+        self.line += chunk.count(b"\n") + (0 if chunk.endswith(b"\n") else 1)
+        if start == 0 and chunk.startswith(_BOM):
+            chunk = chunk[len(_BOM) :]
+        try:
+            text = chunk.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raw = chunk.decode("utf-8", "replace").rstrip("\r\n")
+            error = InvalidTouchpoint(f"line is not valid UTF-8 (byte {exc.start} of the row)")
+            return ExportRow(first_line, error, raw, start, self.offset, self.line)
+        raw = text.rstrip("\r\n")
+        if not text.strip():
+            return None
+        row: dict[str, Any] | InvalidTouchpoint
+        if broken is not None:
+            row = InvalidTouchpoint(broken)
+        elif self.fmt == "csv":
+            parsed = self._csv_row(text)
+            if parsed is None:
+                return None
+            row = parsed
+        else:
+            row = _json_row(text)
+        return ExportRow(first_line, row, raw, start, self.offset, self.line)
+
+    def _csv_row(self, text: str) -> dict[str, Any] | InvalidTouchpoint | None:
+        try:
+            values = next(csv.reader(io.StringIO(text, newline="")), [])
+        except csv.Error as exc:
+            return InvalidTouchpoint(f"not valid CSV: {exc}")
+        if self.header is None:
+            self.header = [h.strip().lower() for h in values]
+            return None
+        if len(values) != len(self.header):
+            return InvalidTouchpoint(
+                f"row has {len(values)} fields, the header has {len(self.header)}"
+            )
+        return dict(zip(self.header, values, strict=True))
+
+
+def _csv_record_complete(lines: list[str]) -> bool:
+    """Whether ``lines`` hold one whole CSV record (no quoted field left open)."""
+    wanted_more = False
+
+    def feed() -> Iterator[str]:
+        nonlocal wanted_more
+        yield from lines
+        wanted_more = True
+
+    try:
+        next(csv.reader(feed()), None)
+    except csv.Error:
+        return True  # a broken record is complete as far as it goes; parsing reports it
+    return not wanted_more
+
+
+def _json_row(text: str) -> dict[str, Any] | InvalidTouchpoint:
+    try:
+        value = orjson.loads(text)
+    except orjson.JSONDecodeError as exc:
+        return InvalidTouchpoint(f"not valid JSON: {exc}")
+    if not isinstance(value, dict):
+        return InvalidTouchpoint(f"expected a JSON object, got {type(value).__name__}")
+    return value
+
+
+def _file_reader(fh: Any) -> Callable[[], bytes | None]:
+    return lambda: fh.read(READ_CHUNK_BYTES)
+
+
+def _stdin_reader(stop: threading.Event) -> Callable[[], bytes | None]:
+    fd = sys.stdin.buffer.fileno()
+
+    def read() -> bytes | None:
+        # select with a timeout so a stop request is noticed while stdin is quiet.
+        while not stop.is_set():
+            ready, _, _ = select.select([fd], [], [], POLL_INTERVAL_S)
+            if ready:
+                return os.read(fd, READ_CHUNK_BYTES)
+        return None
+
+    return read
+
+
+def iter_rows(
+    path: str | Path, fmt: str | None = None
+) -> Iterator[tuple[int, dict[str, Any] | InvalidTouchpoint, str]]:
+    """``(line_number, row_or_error, raw_line)`` for every data row of one export.
+
+    CSV takes its header from line 1; JSON Lines holds one object per line.
+    Blank lines are skipped; line numbers are physical lines. ``-`` is stdin.
+    """
+    fmt = detect_format(path, fmt)
+    if str(path) == STDIN:
+        reader = ExportReader(STDIN, fmt, _stdin_reader(threading.Event()))
+        for row in reader.rows(final=True):
+            yield row.line, row.row, row.raw
+        return
+    with open(path, "rb", buffering=0) as fh:
+        reader = ExportReader(str(path), fmt, _file_reader(fh))
+        for row in reader.rows(final=True):
+            yield row.line, row.row, row.raw
+
+
+# --- checkpoint ------------------------------------------------------------------
+
+
+class CheckpointError(ValueError):
+    """The checkpoint file exists but cannot be understood."""
+
+
+@dataclass(frozen=True)
+class FilePosition:
+    """How far one file was read and acknowledged, and what identifies the file."""
+
+    inode: int
+    first_line_sha256: str
+    offset: int
+    line: int
+    rows: int
+    #: The last acknowledged row's bytes, re-checked on resume to notice a replaced file.
+    last_row_start: int
+    last_row_sha256: str
+
+
+class Checkpoint:
+    """File positions by absolute path, in a JSON file replaced atomically."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.files: dict[str, FilePosition] = {}
+        if path.exists():
+            try:
+                data = orjson.loads(path.read_bytes())
+                self.files = {k: FilePosition(**v) for k, v in data["files"].items()}
+            except (orjson.JSONDecodeError, KeyError, TypeError, AttributeError) as exc:
+                raise CheckpointError(
+                    f"checkpoint {path} is unreadable ({exc}); move it away to start over"
+                ) from None
+
+    def get(self, key: str) -> FilePosition | None:
+        return self.files.get(key)
+
+    def put(self, key: str, position: FilePosition) -> None:
+        self.files[key] = position
+        self.save()
+
+    def save(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        data = {
+            "version": CHECKPOINT_VERSION,
+            "files": {k: asdict(v) for k, v in sorted(self.files.items())},
+        }
+        tmp = self.path.with_name(self.path.name + ".tmp")
+        with open(tmp, "wb") as fh:
+            fh.write(orjson.dumps(data, option=orjson.OPT_INDENT_2))
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, self.path)
+
+
+def _sha256_range(fh: Any, start: int, end: int) -> str:
+    return hashlib.sha256(os.pread(fh.fileno(), end - start, start)).hexdigest()
+
+
+def _first_line_sha256(fh: Any) -> str:
+    head = os.pread(fh.fileno(), READ_CHUNK_BYTES, 0)
+    nl = head.find(b"\n")
+    return hashlib.sha256(head if nl < 0 else head[: nl + 1]).hexdigest()
+
+
+def _still_same_file(fh: Any, pos: FilePosition) -> bool:
+    st = os.fstat(fh.fileno())
+    return (
+        st.st_ino == pos.inode
+        and st.st_size >= pos.offset
+        and _first_line_sha256(fh) == pos.first_line_sha256
+        and _sha256_range(fh, pos.last_row_start, pos.offset) == pos.last_row_sha256
+    )
+
+
+# --- the producer -------------------------------------------------------------------
+
+
+@dataclass
+class PosReport:
+    """What one run did. ``skipped_already_sent``: rows a previous run had acknowledged."""
+
+    read: int = 0
+    published: int = 0
+    rejected: int = 0
+    skipped_already_sent: int = 0
+    files: int = 0
+
+    def to_json(self, **extra: Any) -> str:
+        return orjson.dumps({**asdict(self), **extra}).decode()
+
+
+@dataclass
+class _Source:
+    key: str  # absolute path, or "-"
+    fmt: str
+    reader: ExportReader
+    fh: Any = None
+    rows: int = 0
+    inode: int = 0
+    first_line_sha256: str = ""
+
+    @property
+    def is_stdin(self) -> bool:
+        return self.fh is None
+
+    def replaced(self) -> bool:
+        """The path now names another file, or this one shrank (rotation, truncation)."""
+        try:
+            st = os.stat(self.key)
+        except FileNotFoundError:
+            return True
+        return st.st_ino != self.inode or st.st_size < self.reader.offset
+
+    def close(self) -> None:
+        if self.fh is not None:
+            self.fh.close()
+
+
+class PosProducer:
+    """Publishes POS exports to ``settings.topics.touchpoints``, resumably.
+
+    ``publisher.send_and_wait`` must return only once the broker acknowledged
+    (see :class:`~stream.producers.publisher.Publisher`); the checkpoint moves
+    only after that.
+    """
+
+    def __init__(
+        self,
+        settings: Settings,
+        publisher: Publisher,
+        *,
+        batch_rows: int = BATCH_ROWS,
+        poll_interval_s: float = POLL_INTERVAL_S,
+    ) -> None:
+        if batch_rows < 1:
+            raise ValueError("batch_rows must be at least 1")
+        self.settings = settings
+        self.publisher = publisher
+        self.batch_rows = batch_rows
+        self.poll_interval_s = poll_interval_s
+        self.checkpoint_path = settings.path(settings.pos.checkpoint)
+        self.rejects_path = settings.path(settings.pos.rejects)
+        #: Counts of the current (or last) run; readable while it runs.
+        self.report = PosReport()
+
+    def run(
+        self,
+        paths: Sequence[str | Path],
+        follow: bool = False,
+        fmt: str | None = None,
+        stop_event: threading.Event | None = None,
+        max_rows: int | None = None,
+    ) -> PosReport:
+        """Publish every row of ``paths`` (files, folders, ``-``) not yet acknowledged.
+
+        With ``follow``, keeps reading lines appended to the files (and new
+        files in the folders) until ``stop_event`` is set. Stops after
+        ``max_rows`` rows when given. Raises :class:`PublishError` when the
+        broker does not acknowledge (the checkpoint keeps the last good batch),
+        ``ValueError`` for unusable paths or checkpoint.
+        """
+        if isinstance(paths, str | Path):
+            paths = [paths]
+        stop = stop_event or threading.Event()
+        self.report = report = PosReport()
+        checkpoint = Checkpoint(self.checkpoint_path)
+        specs = self._expand(paths, fmt)
+        sources: dict[str, _Source] = {}
+        done: set[str] = set()
+        try:
+            while True:
+                progressed = 0
+                for key, file_fmt in specs:
+                    if key in done or self._stopping(stop, max_rows):
+                        continue
+                    source = sources.get(key)
+                    if source is None:
+                        source = sources[key] = self._open(key, file_fmt, checkpoint, stop)
+                    final = not follow or source.is_stdin
+                    count = self._drain(source, checkpoint, final, stop, max_rows)
+                    progressed += count
+                    if final:
+                        source.close()
+                        del sources[key]
+                        done.add(key)
+                    elif not count and source.replaced():
+                        # Rotated or truncated: take what the old file still holds,
+                        # then the new file is opened from its start next time.
+                        self._drain(source, checkpoint, True, stop, max_rows)
+                        source.close()
+                        del sources[key]
+                        log.info("pos: %s was replaced; reading the new file from the start", key)
+                if not follow or self._stopping(stop, max_rows):
+                    return report
+                if not any(k != STDIN and k not in done for k, _ in specs):
+                    return report
+                if not progressed:
+                    stop.wait(self.poll_interval_s)
+                # Folders may have gained files; a file being rotated may be missing a moment.
+                specs = self._expand(paths, fmt, missing_ok=True)
+                for key in set(sources) - {k for k, _ in specs}:
+                    sources.pop(key).close()
+        finally:
+            for source in sources.values():
+                source.close()
+
+    def _stopping(self, stop: threading.Event, max_rows: int | None) -> bool:
+        return stop.is_set() or (max_rows is not None and self.report.read >= max_rows)
+
+    def _expand(
+        self, paths: Iterable[str | Path], fmt: str | None, missing_ok: bool = False
+    ) -> list[tuple[str, str]]:
+        """``(absolute path or "-", format)`` for every export, folders in name order."""
+        own = {self.checkpoint_path.resolve(), self.rejects_path.resolve()}
+        out: dict[str, str] = {}
+        for given in paths:
+            if str(given) == STDIN:
+                out[STDIN] = detect_format(STDIN, fmt)
+                continue
+            path = Path(given).resolve()
+            if path.is_dir():
+                for child in sorted(path.iterdir(), key=lambda p: p.name):
+                    if child.is_file() and child.suffix.lower() in EXTENSIONS and child not in own:
+                        out.setdefault(str(child), detect_format(child, fmt))
+            elif path.is_file():
+                out.setdefault(str(path), detect_format(path, fmt))
+            elif not missing_ok:
+                raise ValueError(f"no such file or folder: {given}")
+        return list(out.items())
+
+    def _open(self, key: str, fmt: str, checkpoint: Checkpoint, stop: threading.Event) -> _Source:
+        self.report.files += 1
+        if key == STDIN:
+            return _Source(key, fmt, ExportReader(key, fmt, _stdin_reader(stop)))
+        fh = open(key, "rb", buffering=0)  # noqa: SIM115 - closed by _Source.close
+        st = os.fstat(fh.fileno())
+        source = _Source(key, fmt, ExportReader(key, fmt, _file_reader(fh)), fh, inode=st.st_ino)
+        known = checkpoint.get(key)
+        if known is not None and known.offset > 0:
+            if _still_same_file(fh, known):
+                if fmt == "csv":
+                    source.reader.read_header()
+                fh.seek(known.offset)
+                source.reader.reposition(known.offset, known.line)
+                source.rows = known.rows
+                source.first_line_sha256 = known.first_line_sha256
+                self.report.skipped_already_sent += known.rows
+                log.info(
+                    "pos: resuming %s after line %d (%d rows sent before)",
+                    key,
+                    known.line,
+                    known.rows,
+                )
+            else:
+                log.warning(
+                    "pos: %s was replaced since the checkpoint; reading it from the start", key
+                )
+        return source
+
+    def _drain(
+        self,
+        source: _Source,
+        checkpoint: Checkpoint,
+        final: bool,
+        stop: threading.Event,
+        max_rows: int | None,
+    ) -> int:
+        """Publish the rows available now in batches; returns how many were read."""
+        rows = source.reader.rows(final)
+        batch: list[ExportRow] = []
+        count = 0
+        while not stop.is_set() and (max_rows is None or self.report.read < max_rows):
+            row = next(rows, None)
+            if row is None:
+                break
+            batch.append(row)
+            count += 1
+            self.report.read += 1
+            if len(batch) >= self.batch_rows:
+                self._commit(source, checkpoint, batch)
+                batch = []
+        self._commit(source, checkpoint, batch)
+        return count
+
+    def _commit(self, source: _Source, checkpoint: Checkpoint, batch: list[ExportRow]) -> None:
+        """Send a batch, wait for the acks, write its rejects, then move the checkpoint."""
+        if not batch:
+            return
+        topic = self.settings.topics.touchpoints
+        currency = self.settings.pos.default_currency
+        records: list[Record] = []
+        rejects: list[tuple[ExportRow, str]] = []
+        for row in batch:
+            if isinstance(row.row, InvalidTouchpoint):
+                rejects.append((row, row.row.reason))
+                continue
+            try:
+                tp = row_to_touchpoint(row.row, default_currency=currency)
+            except InvalidTouchpoint as exc:
+                rejects.append((row, exc.reason))
+                continue
+            records.append((topic, tp.routing_key.encode(), contract.dumps(tp)))
+        if records:
+            self.publisher.send_and_wait(records)
+            self.report.published += len(records)
+        if rejects:
+            self._write_rejects(source.key, rejects)
+            self.report.rejected += len(rejects)
+        source.rows += len(batch)
+        if source.is_stdin:
+            return
+        last = batch[-1]
+        if not source.first_line_sha256:
+            source.first_line_sha256 = _first_line_sha256(source.fh)
+        position = FilePosition(
+            inode=source.inode,
+            first_line_sha256=source.first_line_sha256,
+            offset=last.end,
+            line=last.end_line,
+            rows=source.rows,
+            last_row_start=last.start,
+            last_row_sha256=_sha256_range(source.fh, last.start, last.end),
+        )
+        checkpoint.put(source.key, position)
+
+    def _write_rejects(self, key: str, rejects: list[tuple[ExportRow, str]]) -> None:
+        self.rejects_path.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.rejects_path, "ab") as fh:
+            for row, reason in rejects:
+                entry = {"file": key, "line": row.line, "reason": reason, "raw": row.raw}
+                fh.write(orjson.dumps(entry) + b"\n")
+            fh.flush()
+            os.fsync(fh.fileno())
+
+
+# --- command line ---------------------------------------------------------------------
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Options of ``journey pos``; sets the parser's description and epilog too."""
+    parser.description = parser.description or DESCRIPTION
+    parser.epilog = parser.epilog or EPILOG
+    parser.formatter_class = argparse.RawDescriptionHelpFormatter
+    parser.add_argument(
+        "paths",
+        nargs="+",
+        metavar="PATH",
+        help="CSV (.csv) or JSON Lines (.jsonl, .ndjson, .json) export, a folder of them "
+        "(read in name order), or - for stdin (needs --format; no checkpoint)",
+    )
+    parser.add_argument(
+        "--follow",
+        action="store_true",
+        help="keep running and publish lines appended to the files (and new files in the "
+        "folders) until SIGINT/SIGTERM; a line is read once its newline is written",
+    )
+    parser.add_argument(
+        "--format", choices=FORMATS, default=None, help="input format (default: by extension)"
+    )
+    parser.add_argument(
+        "--checkpoint",
+        metavar="FILE",
+        default=None,
+        help="where acknowledged positions are kept (default: [pos] checkpoint)",
+    )
+    parser.add_argument(
+        "--rejects",
+        metavar="FILE",
+        default=None,
+        help="JSON Lines file for malformed rows (default: [pos] rejects)",
+    )
+
+
+def main(args: argparse.Namespace, settings: Settings) -> int:
+    """Run ``journey pos``: 0 done or stopped, 1 broker failure, 2 bad input or usage."""
+    pos = settings.pos
+    if getattr(args, "checkpoint", None):
+        pos = replace(pos, checkpoint=os.path.abspath(args.checkpoint))
+    if getattr(args, "rejects", None):
+        pos = replace(pos, rejects=os.path.abspath(args.rejects))
+    settings = replace(settings, pos=pos)
+    if not settings.broker.url:
+        print("journey pos: no broker configured (set JOURNEY_BROKER_URL)", file=sys.stderr)
+        return 2
+    try:
+        publisher = Publisher(settings.broker)
+    except KafkaError as exc:
+        print(f"journey pos: cannot reach the broker: {exc!r}", file=sys.stderr)
+        return 1
+    producer = PosProducer(settings, publisher)
+    stop = threading.Event()
+    outcome: dict[str, BaseException] = {}
+
+    def work() -> None:
+        try:
+            producer.run(args.paths, follow=args.follow, fmt=args.format, stop_event=stop)
+        except BaseException as exc:
+            outcome["error"] = exc
+
+    # The producer runs on a thread so the signal handler (main thread) never
+    # contends with it for the stop event's lock.
+    worker = threading.Thread(target=work, name="journey-pos")
+    try:
+        with _stop_on_signals(stop):
+            worker.start()
+            while worker.is_alive():
+                worker.join(POLL_INTERVAL_S)
+    finally:
+        stop.set()
+        worker.join()
+        publisher.close()
+    error = outcome.get("error")
+    if error is None:
+        print(producer.report.to_json())
+        return 0
+    print(producer.report.to_json(error=str(error)))
+    print(f"journey pos: {error}", file=sys.stderr)
+    if isinstance(error, PublishError | KafkaError):
+        return 1
+    if isinstance(error, ValueError | OSError):
+        return 2
+    raise error
+
+
+@contextlib.contextmanager
+def _stop_on_signals(stop: threading.Event) -> Iterator[None]:
+    """First SIGINT/SIGTERM: finish the batch and stop. A second SIGINT: interrupt."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handle(signum: int, frame: FrameType | None) -> None:
+        if stop.is_set() and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        log.info("pos: signal %d, stopping after the current batch", signum)
+        stop.set()
+
+    previous = {sig: signal.signal(sig, handle) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)

@@ -1,0 +1,236 @@
+"""One settings object for every service, built once from TOML and the environment.
+
+Precedence (lowest first): the defaults below, ``config/journey.toml`` (or the
+file named by ``JOURNEY_CONFIG``), then ``JOURNEY_<SECTION>_<FIELD>`` environment
+variables (``JOURNEY_BROKER_URL``, ``JOURNEY_REDIS_URL``,
+``JOURNEY_COLLECTOR_PORT``, ``JOURNEY_TOPICS_PARTITIONS`` ...). Nothing else in
+the package reads ``os.environ``; the settings object is passed down.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import tomllib
+import types
+import typing
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+CONFIG_DIR = ROOT / "config"
+ENV_PREFIX = "JOURNEY_"
+
+
+@dataclass(frozen=True)
+class BrokerSettings:
+    """Kafka connection. ``url`` empty means: start the embedded broker."""
+
+    url: str = ""
+    #: Extra librdkafka/Java-style client settings passed through (SASL, TLS).
+    security_protocol: str = "PLAINTEXT"
+    sasl_mechanism: str = ""
+    sasl_username: str = ""
+    sasl_password: str = ""
+    ssl_cafile: str = ""
+    #: Consumer group timeouts; Faust's defaults make a new group take ~30 s to form.
+    session_timeout_s: float = 6.0
+    heartbeat_interval_s: float = 1.0
+    rebalance_timeout_s: float = 6.0
+
+    @property
+    def bootstrap(self) -> str:
+        """``host:port[,host:port]`` without the ``kafka://`` scheme."""
+        return ",".join(u.split("://", 1)[-1] for u in self.url.split(","))
+
+
+@dataclass(frozen=True)
+class RedisSettings:
+    url: str = "redis://127.0.0.1:6379/0"
+
+
+@dataclass(frozen=True)
+class SmtpSettings:
+    host: str = "127.0.0.1"
+    port: int = 1025
+    starttls: bool = False
+    ssl: bool = False
+    username: str = ""
+    password: str = ""
+    sender: str = "Journey <journey@example.com>"
+
+
+@dataclass(frozen=True)
+class TopicSettings:
+    """Topic names and partition counts. Co-partitioned topics share ``partitions``."""
+
+    touchpoints: str = "touchpoints"
+    resolved: str = "touchpoints.resolved"
+    dlq: str = "journey.dlq"
+    transitions: str = "journey.transitions"
+    triggers: str = "journey.triggers"
+    timers: str = "journey.timers"
+    dispatch: str = "journey.dispatch"
+    dispatch_dlq: str = "journey.dispatch.dlq"
+    partitions: int = 4
+    replication_factor: int = 1
+
+
+@dataclass(frozen=True)
+class CollectorSettings:
+    """The Segment-compatible HTTP collector."""
+
+    host: str = "127.0.0.1"
+    port: int = 8088
+    #: write key -> source name; an empty mapping accepts no request.
+    write_keys: Mapping[str, str] = field(default_factory=lambda: {"demo-write-key": "web"})
+    #: Segment's limits: 32 KB per call, 500 KB per batch request.
+    max_call_bytes: int = 32 * 1024
+    max_batch_bytes: int = 500 * 1024
+    #: How long a request waits for the broker's acknowledgement before 503.
+    ack_timeout_s: float = 10.0
+    #: Segment E-commerce spec v2 event names -> touchpoint types.
+    event_types: Mapping[str, str] = field(
+        default_factory=lambda: {
+            "Products Searched": "search",
+            "Product Viewed": "product_view",
+            "Product Added": "add_to_cart",
+            "Product Removed": "remove_from_cart",
+            "Checkout Started": "checkout_started",
+            "Order Completed": "purchase",
+            "Order Refunded": "return",
+            "Email Opened": "email_open",
+            "Email Link Clicked": "email_click",
+            "Unsubscribed": "unsubscribe",
+        }
+    )
+    metrics_port: int = 0
+
+
+@dataclass(frozen=True)
+class WorkerSettings:
+    """The Faust worker."""
+
+    app_id: str = "journey"
+    #: ``rocksdb://`` in production and the demo; ``memory://`` only where a test says so.
+    store: str = "rocksdb://"
+    data_dir: str = "var/worker"
+    web_host: str = "127.0.0.1"
+    web_port: int = 6066
+    #: Event ids remembered per process for exact-duplicate dropping.
+    dedupe_capacity: int = 200_000
+    standby_replicas: int = 0
+    #: Events forwarded in one packed message to the journey agent.
+    forward_batch: int = 500
+
+
+@dataclass(frozen=True)
+class JourneySettings:
+    #: Stage model file name in ``config/stages`` or a path.
+    stage_model: str = "five-stage"
+    #: Events up to this much older than the newest one seen are still placed in
+    #: order; stages settle (and transitions are emitted) once the watermark passes.
+    allowed_lateness_s: float = 600.0
+    #: A caught-up partition idle this long lets its watermark follow the wall clock.
+    idle_s: float = 2.0
+
+
+@dataclass(frozen=True)
+class PosSettings:
+    checkpoint: str = "var/pos/checkpoint.json"
+    rejects: str = "var/pos/rejects.jsonl"
+    default_currency: str = "EUR"
+    metrics_port: int = 0
+
+
+@dataclass(frozen=True)
+class Settings:
+    broker: BrokerSettings = field(default_factory=BrokerSettings)
+    redis: RedisSettings = field(default_factory=RedisSettings)
+    smtp: SmtpSettings = field(default_factory=SmtpSettings)
+    topics: TopicSettings = field(default_factory=TopicSettings)
+    collector: CollectorSettings = field(default_factory=CollectorSettings)
+    worker: WorkerSettings = field(default_factory=WorkerSettings)
+    journey: JourneySettings = field(default_factory=JourneySettings)
+    pos: PosSettings = field(default_factory=PosSettings)
+
+    def with_broker(self, url: str) -> Settings:
+        """A copy pointing at ``url`` (used once the embedded broker is up)."""
+        return replace(self, broker=replace(self.broker, url=url))
+
+    def path(self, value: str) -> Path:
+        """Resolve a configured path relative to the project root."""
+        p = Path(value)
+        return p if p.is_absolute() else ROOT / p
+
+
+def _coerce(value: Any, annotation: Any) -> Any:
+    target = typing.get_origin(annotation) or annotation
+    if isinstance(target, type) and issubclass(target, Mapping):
+        if isinstance(value, str):
+            # "k1=v1,k2=v2" from the environment.
+            return dict(item.split("=", 1) for item in value.split(",") if item)
+        return dict(value)
+    if target is bool and isinstance(value, str):
+        return value.strip().lower() in {"1", "true", "yes", "on"}
+    if target in (int, float) and isinstance(value, str | int | float):
+        return target(value)
+    if target is types.UnionType:
+        return value
+    return value if target is Any else target(value)
+
+
+def _merge(section: Any, values: Mapping[str, Any], where: str) -> Any:
+    hints = typing.get_type_hints(type(section))
+    known = {f.name for f in fields(section)}
+    unknown = set(values) - known
+    if unknown:
+        raise ValueError(f"unknown setting(s) in {where}: {', '.join(sorted(unknown))}")
+    changes = {k: _coerce(v, hints[k]) for k, v in values.items()}
+    return replace(section, **changes)
+
+
+def load_settings(
+    config_file: Path | str | None = None,
+    environ: Mapping[str, str] | None = None,
+    overrides: Mapping[str, Mapping[str, Any]] | None = None,
+) -> Settings:
+    """Build :class:`Settings` from defaults, a TOML file and ``JOURNEY_*`` variables.
+
+    ``overrides`` (section -> field -> value) win over everything; tests and the
+    CLI use them.
+    """
+    env = dict(os.environ if environ is None else environ)
+    settings = Settings()
+    path = Path(config_file or env.get("JOURNEY_CONFIG") or CONFIG_DIR / "journey.toml")
+    data: dict[str, Any] = {}
+    if path.exists():
+        with path.open("rb") as fh:
+            data = tomllib.load(fh)
+    sections = {f.name for f in fields(settings)}
+    for name in sections:
+        section = getattr(settings, name)
+        file_values = data.get(name, {})
+        env_values = {}
+        for f in fields(section):
+            var = f"{ENV_PREFIX}{name}_{f.name}".upper()
+            if var in env:
+                env_values[f.name] = env[var]
+        section = _merge(section, file_values, f"{path}:[{name}]")
+        section = _merge(section, env_values, "environment")
+        if overrides and name in overrides:
+            section = _merge(section, overrides[name], "overrides")
+        settings = replace(settings, **{name: section})
+    return settings
+
+
+def as_dict(settings: Settings) -> dict[str, Any]:
+    """Plain-data view, for ``journey config`` and logs (secrets masked)."""
+    out = dataclasses.asdict(settings)
+    for section in out.values():
+        for key in section:
+            if "password" in key and section[key]:
+                section[key] = "***"
+    return out
