@@ -128,6 +128,15 @@ def build_worker_app(settings: Settings, **kwargs: Any) -> faust.App:
     from faust.sensors.prometheus import setup_prometheus_sensors
 
     setup_prometheus_sensors(app, name_prefix="faust")
+
+    @app.page("/ready")
+    async def ready(self: faust.web.View, request: faust.web.Request) -> faust.web.Response:
+        """200 once the worker owns partitions and has recovered its tables."""
+        owned = sorted(f"{tp.topic}:{tp.partition}" for tp in app.assignor.assigned_actives())
+        is_ready = bool(owned) and not app.rebalancing and not app.in_recovery
+        body = {"ready": is_ready, "active_partitions": owned}
+        return self.json(body, status=200 if is_ready else 503)
+
     return app
 
 

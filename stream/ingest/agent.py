@@ -54,8 +54,8 @@ def register_ingest(
         "identity",
         default=None,
         partitions=settings.topics.partitions,
-        key_serializer="raw",
-        value_serializer="raw",
+        key_type=bytes,
+        value_type=bytes,
     )
 
     def lookup(raw_key: str) -> str | None:

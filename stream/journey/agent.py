@@ -66,8 +66,8 @@ class JourneyShell:
             "journeys",
             default=None,
             partitions=settings.topics.partitions,
-            key_serializer="raw",
-            value_serializer="raw",
+            key_type=bytes,
+            value_type=bytes,
         )
         self.clocks: dict[int, PartitionClock] = defaultdict(
             lambda: PartitionClock(self.lateness_ms, idle_ms=int(settings.journey.idle_s * 1000))
@@ -239,7 +239,7 @@ class JourneyShell:
         producer = self.app.producer
         topic = self.settings.topics.resolved
         for raw_key, raw in self.table.items():
-            p = producer.key_partition(topic, raw_key)
+            p = producer.key_partition(topic, raw_key).partition
             if p not in actives:
                 continue
             state = JourneyState.loads(raw)
@@ -255,7 +255,7 @@ class JourneyShell:
         producer = self.app.producer
         topic = self.settings.topics.resolved
         for raw_key, raw in self.table.items():
-            if producer.key_partition(topic, raw_key) in actives:
+            if producer.key_partition(topic, raw_key).partition in actives:
                 state = JourneyState.loads(raw)
                 if state.merged_into is None:
                     yield state
@@ -268,8 +268,7 @@ def register_journey(app: faust.App, settings: Settings, topics: Any) -> Journey
     source = app.topic(
         settings.topics.resolved,
         settings.topics.timers,
-        key_serializer="raw",
-        value_serializer="raw",
+        schema=faust.Schema(key_serializer="raw", value_serializer="raw"),
     )
     timers_name = settings.topics.timers
 

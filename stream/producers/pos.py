@@ -23,7 +23,6 @@ import argparse
 import contextlib
 import csv
 import hashlib
-import io
 import logging
 import math
 import os
@@ -31,12 +30,13 @@ import re
 import select
 import signal
 import sys
+import textwrap
 import threading
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from types import FrameType
-from typing import Any
+from typing import Any, Protocol
 
 import orjson
 from kafka.errors import KafkaError
@@ -73,11 +73,13 @@ _BOM = b"\xef\xbb\xbf"
 
 HELP = "publish in-store POS transactions from CSV or JSON Lines exports"
 
-DESCRIPTION = """\
-Publish in-store POS transactions to the touchpoints topic, from CSV or JSON
-Lines exports (one transaction per row), files or folders of them.
+DESCRIPTION = (
+    "Publish in-store POS transactions to the touchpoints topic from CSV or JSON Lines "
+    "exports (one transaction per row): files, folders of them, or stdin."
+)
 
-Columns / keys of a row:
+EPILOG = """\
+columns (CSV header) or keys (JSON Lines) of a row:
   store_id, register        where the transaction happened (required)
   receipt_id                receipt number (alias: order_id; required)
   timestamp                 RFC 3339 with offset, or epoch milliseconds
@@ -89,25 +91,21 @@ Columns / keys of a row:
   total                     amount paid (default: sum of price x quantity)
   currency                  3-letter code (default: [pos] default_currency)
   kind (or type)            sale (default) or refund
-Sales become pos_purchase touchpoints, refunds return touchpoints; refund
-amounts may be written positive or negative.
-"""
+Sales become pos_purchase touchpoints, refunds return touchpoints (refund
+amounts may be written positive or negative).
 
-EPILOG = """\
-Resumable: after every batch the broker acknowledged, the byte offset and line
+resumable: after every batch the broker acknowledged, the byte offset and line
 reached in each file are written to the checkpoint file; run the same command
 again and it continues after the last acknowledged row (a file replaced by a
-different one is read from its start). Rows are never lost; after a crash a
-few may be sent twice and are de-duplicated downstream by their event id
-pos:STORE:REGISTER:RECEIPT:sale|refund. Stdin (-) has no checkpoint.
+different one under the same name is read from its start). Rows are never
+lost; after a crash a few may be sent twice and are de-duplicated downstream
+by their event id pos:STORE:REGISTER:RECEIPT:sale|refund. Stdin (-) has no
+checkpoint: piped input is sent again in full if re-run.
 
 Malformed rows go to the reject file as JSON Lines {file, line, reason, raw};
 the other rows flow. SIGINT/SIGTERM finish the current batch, write the
 checkpoint and exit 0. A one-line JSON report is printed at the end.
 """
-
-
-# --- rows -> touchpoints (pure) ------------------------------------------------
 
 
 def row_to_touchpoint(row: Mapping[str, Any], *, default_currency: str) -> Touchpoint:
@@ -337,9 +335,6 @@ def _total(fields: Mapping[str, Any], products: list[dict[str, Any]], *, refund:
     return total
 
 
-# --- reading exports ------------------------------------------------------------
-
-
 @dataclass(frozen=True, slots=True)
 class ExportRow:
     """One row of an export: a column mapping, or why it could not be read."""
@@ -407,7 +402,7 @@ class ExportReader:
                 found = self._record_end(at_end=final and self.eof)
                 if found is None:
                     return
-            row = self._take(*found)
+            row = self._take(found)
             if row is not None:
                 yield row
 
@@ -421,7 +416,7 @@ class ExportReader:
                 found = self._record_end(at_end=self.eof)
                 if found is None:
                     return
-            self._take(*found)
+            self._take(found)
 
     def reposition(self, offset: int, line: int) -> None:
         """Continue at ``offset`` (the caller has moved the stream there)."""
@@ -438,36 +433,59 @@ class ExportReader:
         self._buf += data
         return bool(data)
 
-    def _record_end(self, at_end: bool) -> tuple[int, str | None] | None:
-        """End index in the buffer of the next record, and a reason if it is broken."""
+    def _record_end(self, at_end: bool) -> _Split | None:
+        """Where the next record ends in the buffer, or None until more bytes arrive."""
         buf = self._buf
-        lines: list[str] = []
-        line_start = 0
-        while True:
-            nl = buf.find(b"\n", line_start)
-            if nl < 0:
-                if not (at_end and buf):
-                    return None
-                if self.fmt == "csv":
-                    if line_start < len(buf):
-                        lines.append(buf[line_start:].decode("utf-8", "replace"))
-                    if not _csv_record_complete(lines):
-                        return len(buf), "unterminated quoted field at end of file"
-                return len(buf), None
-            end = nl + 1
-            if self.fmt != "csv":
-                return end, None
-            line = buf[line_start:end]
-            if not lines and b'"' not in line:
-                return end, None  # the common case: one line, nothing quoted
-            lines.append(line.decode("utf-8", "replace"))
-            if _csv_record_complete(lines):
-                return end, None
-            if end > MAX_RECORD_BYTES:
-                return buf.find(b"\n") + 1, "unterminated quoted field"
-            line_start = end
+        if self.fmt != "csv":
+            nl = buf.find(b"\n")
+            if nl >= 0:
+                return _Split(nl + 1)
+            return _Split(len(buf)) if at_end and buf else None
+        return self._csv_record_end(at_end)
 
-    def _take(self, end: int, broken: str | None) -> ExportRow | None:
+    def _csv_record_end(self, at_end: bool) -> _Split | None:
+        # csv.reader pulls physical lines only while a quoted field is open, so
+        # feeding it the buffer line by line finds the record's end and parses
+        # it in one pass; asking for a line not yet written means: incomplete.
+        buf = self._buf
+        end = 0
+        wanted_more = too_long = False
+
+        def lines() -> Iterator[str]:
+            nonlocal end, wanted_more, too_long
+            while True:
+                nl = buf.find(b"\n", end)
+                if nl < 0 and not (at_end and end < len(buf)):
+                    wanted_more = True
+                    return
+                if end > MAX_RECORD_BYTES:
+                    too_long = True
+                    return
+                line_end = len(buf) if nl < 0 else nl + 1
+                line = buf[end:line_end].decode("utf-8", "replace")
+                end = line_end
+                yield line
+
+        try:
+            values = next(csv.reader(lines()), None)
+        except csv.Error as exc:
+            first = buf.find(b"\n") + 1
+            if 0 < first < end:
+                # An open quote ran on past csv's field limit: reject its line, go on.
+                return _Split(first, "unterminated quoted field")
+            return _Split(end, f"not valid CSV: {exc}")
+        if too_long:
+            return _Split(buf.find(b"\n") + 1, "unterminated quoted field")
+        if wanted_more:
+            if not at_end:
+                return None
+            if end == 0:
+                return None
+            return _Split(end, "unterminated quoted field at end of file")
+        return _Split(end, None, values)
+
+    def _take(self, split: _Split) -> ExportRow | None:
+        end = split.end
         chunk = bytes(self._buf[:end])
         del self._buf[:end]
         start, first_line = self.offset, self.line + 1
@@ -485,46 +503,31 @@ class ExportReader:
         if not text.strip():
             return None
         row: dict[str, Any] | InvalidTouchpoint
-        if broken is not None:
-            row = InvalidTouchpoint(broken)
-        elif self.fmt == "csv":
-            parsed = self._csv_row(text)
-            if parsed is None:
-                return None
-            row = parsed
-        else:
+        if split.broken is not None:
+            row = InvalidTouchpoint(split.broken)
+        elif self.fmt != "csv":
             row = _json_row(text)
-        return ExportRow(first_line, row, raw, start, self.offset, self.line)
-
-    def _csv_row(self, text: str) -> dict[str, Any] | InvalidTouchpoint | None:
-        try:
-            values = next(csv.reader(io.StringIO(text, newline="")), [])
-        except csv.Error as exc:
-            return InvalidTouchpoint(f"not valid CSV: {exc}")
-        if self.header is None:
+        elif self.header is None:
+            values = split.values or []
+            if values and values[0].startswith("\ufeff"):
+                values[0] = values[0][1:]
             self.header = [h.strip().lower() for h in values]
             return None
-        if len(values) != len(self.header):
-            return InvalidTouchpoint(
-                f"row has {len(values)} fields, the header has {len(self.header)}"
-            )
-        return dict(zip(self.header, values, strict=True))
+        elif len(split.values or []) != len(self.header):
+            n = len(split.values or [])
+            row = InvalidTouchpoint(f"row has {n} fields, the header has {len(self.header)}")
+        else:
+            row = dict(zip(self.header, split.values or [], strict=True))
+        return ExportRow(first_line, row, raw, start, self.offset, self.line)
 
 
-def _csv_record_complete(lines: list[str]) -> bool:
-    """Whether ``lines`` hold one whole CSV record (no quoted field left open)."""
-    wanted_more = False
+@dataclass(frozen=True, slots=True)
+class _Split:
+    """The end of the next record in the buffer, why it is broken, its CSV values."""
 
-    def feed() -> Iterator[str]:
-        nonlocal wanted_more
-        yield from lines
-        wanted_more = True
-
-    try:
-        next(csv.reader(feed()), None)
-    except csv.Error:
-        return True  # a broken record is complete as far as it goes; parsing reports it
-    return not wanted_more
+    end: int
+    broken: str | None = None
+    values: list[str] | None = None
 
 
 def _json_row(text: str) -> dict[str, Any] | InvalidTouchpoint:
@@ -573,9 +576,6 @@ def iter_rows(
         reader = ExportReader(str(path), fmt, _file_reader(fh))
         for row in reader.rows(final=True):
             yield row.line, row.row, row.raw
-
-
-# --- checkpoint ------------------------------------------------------------------
 
 
 class CheckpointError(ValueError):
@@ -652,7 +652,36 @@ def _still_same_file(fh: Any, pos: FilePosition) -> bool:
     )
 
 
-# --- the producer -------------------------------------------------------------------
+def find_exports(
+    paths: Iterable[str | Path],
+    fmt: str | None = None,
+    *,
+    exclude: Iterable[Path] = (),
+    missing_ok: bool = False,
+) -> list[tuple[str, str]]:
+    """``(absolute path or "-", format)`` for every export named; folders in name order.
+
+    A folder contributes its own ``.csv``/``.jsonl``/``.ndjson``/``.json``
+    files (not sub-folders), except the ``exclude`` paths (the producer's own
+    checkpoint and reject files). Raises ``ValueError`` for a missing path
+    unless ``missing_ok``, and for a format it cannot tell.
+    """
+    skip = {Path(p).resolve() for p in exclude}
+    out: dict[str, str] = {}
+    for given in paths:
+        if str(given) == STDIN:
+            out[STDIN] = detect_format(STDIN, fmt)
+            continue
+        path = Path(given).resolve()
+        if path.is_dir():
+            for child in sorted(path.iterdir(), key=lambda p: p.name):
+                if child.is_file() and child.suffix.lower() in EXTENSIONS and child not in skip:
+                    out.setdefault(str(child), detect_format(child, fmt))
+        elif path.is_file():
+            out.setdefault(str(path), detect_format(path, fmt))
+        elif not missing_ok:
+            raise ValueError(f"no such file or folder: {given}")
+    return list(out.items())
 
 
 @dataclass
@@ -696,6 +725,12 @@ class _Source:
             self.fh.close()
 
 
+class AckedSender(Protocol):
+    """What the producer needs of :class:`~stream.producers.publisher.Publisher`."""
+
+    def send_and_wait(self, records: Iterable[Record]) -> int: ...
+
+
 class PosProducer:
     """Publishes POS exports to ``settings.topics.touchpoints``, resumably.
 
@@ -707,7 +742,7 @@ class PosProducer:
     def __init__(
         self,
         settings: Settings,
-        publisher: Publisher,
+        publisher: AckedSender,
         *,
         batch_rows: int = BATCH_ROWS,
         poll_interval_s: float = POLL_INTERVAL_S,
@@ -790,23 +825,8 @@ class PosProducer:
     def _expand(
         self, paths: Iterable[str | Path], fmt: str | None, missing_ok: bool = False
     ) -> list[tuple[str, str]]:
-        """``(absolute path or "-", format)`` for every export, folders in name order."""
-        own = {self.checkpoint_path.resolve(), self.rejects_path.resolve()}
-        out: dict[str, str] = {}
-        for given in paths:
-            if str(given) == STDIN:
-                out[STDIN] = detect_format(STDIN, fmt)
-                continue
-            path = Path(given).resolve()
-            if path.is_dir():
-                for child in sorted(path.iterdir(), key=lambda p: p.name):
-                    if child.is_file() and child.suffix.lower() in EXTENSIONS and child not in own:
-                        out.setdefault(str(child), detect_format(child, fmt))
-            elif path.is_file():
-                out.setdefault(str(path), detect_format(path, fmt))
-            elif not missing_ok:
-                raise ValueError(f"no such file or folder: {given}")
-        return list(out.items())
+        own = (self.checkpoint_path, self.rejects_path)
+        return find_exports(paths, fmt, exclude=own, missing_ok=missing_ok)
 
     def _open(self, key: str, fmt: str, checkpoint: Checkpoint, stop: threading.Event) -> _Source:
         self.report.files += 1
@@ -913,13 +933,13 @@ class PosProducer:
             os.fsync(fh.fileno())
 
 
-# --- command line ---------------------------------------------------------------------
-
-
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """Options of ``journey pos``; sets the parser's description and epilog too."""
-    parser.description = parser.description or DESCRIPTION
-    parser.epilog = parser.epilog or EPILOG
+    """Options of ``journey pos``; also sets the parser's epilog (columns, resumability)."""
+    # The epilog is a laid-out table, so the formatter must keep line breaks;
+    # a one-line description is wrapped here instead.
+    description = parser.description or DESCRIPTION
+    parser.description = description if "\n" in description else textwrap.fill(description, 78)
+    parser.epilog = EPILOG
     parser.formatter_class = argparse.RawDescriptionHelpFormatter
     parser.add_argument(
         "paths",
@@ -961,6 +981,11 @@ def main(args: argparse.Namespace, settings: Settings) -> int:
     settings = replace(settings, pos=pos)
     if not settings.broker.url:
         print("journey pos: no broker configured (set JOURNEY_BROKER_URL)", file=sys.stderr)
+        return 2
+    try:
+        find_exports(args.paths, args.format)
+    except ValueError as exc:
+        print(f"journey pos: {exc}", file=sys.stderr)
         return 2
     try:
         publisher = Publisher(settings.broker)

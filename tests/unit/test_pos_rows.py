@@ -52,9 +52,6 @@ def reason(row: dict[str, Any]) -> str:
     return err.value.reason
 
 
-# --- mapping -------------------------------------------------------------------
-
-
 def test_sale_becomes_pos_purchase_with_products_and_summed_value() -> None:
     tp = to_tp(sale())
     assert tp.type == "pos_purchase"
@@ -178,9 +175,6 @@ def test_result_passes_the_contract() -> None:
     assert contract.loads(contract.dumps(tp)) == tp
 
 
-# --- precise reasons ---------------------------------------------------------------
-
-
 @pytest.mark.parametrize(
     ("row", "expected"),
     [
@@ -222,6 +216,20 @@ def test_the_first_problem_is_reported() -> None:
     assert reason(sale(store_id="", timestamp="bad")) == "store_id is required"
 
 
+ROW_FIELDS = (
+    "store_id",
+    "register",
+    "receipt_id",
+    "order_id",
+    "timestamp",
+    "customer_id",
+    "loyalty_id",
+    "email",
+    "items",
+    "total",
+    "currency",
+    "kind",
+)
 _cells = st.one_of(
     st.none(),
     st.text(max_size=12),
@@ -236,13 +244,7 @@ _cells = st.one_of(
 @given(
     st.fixed_dictionaries(
         {},
-        optional={
-            name: _cells
-            for name in (
-                "store_id register receipt_id order_id timestamp customer_id loyalty_id "
-                "email items total currency kind"
-            ).split()
-        },
+        optional={name: _cells for name in ROW_FIELDS},
     )
 )
 def test_any_row_maps_or_fails_with_a_reason(row: dict[str, Any]) -> None:
@@ -253,9 +255,6 @@ def test_any_row_maps_or_fails_with_a_reason(row: dict[str, Any]) -> None:
     else:
         assert tp.event_id.startswith("pos:")
         assert contract.parse(orjson.loads(contract.dumps(tp))) == tp
-
-
-# --- reading exports -----------------------------------------------------------------
 
 
 def write(tmp_path: Path, name: str, data: str | bytes) -> Path:
@@ -317,6 +316,18 @@ def test_csv_unterminated_quote_at_end_of_file(tmp_path: Path) -> None:
     assert line == 2
     assert isinstance(error, InvalidTouchpoint)
     assert "unterminated quoted field" in error.reason
+
+
+def test_a_runaway_quote_costs_one_line_not_the_rest_of_the_file(tmp_path: Path) -> None:
+    good = "S1,1,R1,2024-01-01T00:00:00Z,C1,A:1:2,\n"
+    path = write(tmp_path, "x.csv", HEADER + 'S1,1,R0,"oops\n' + good * 5000)
+    rows = list(iter_rows(path))
+    assert isinstance(rows[0][1], InvalidTouchpoint)
+    assert rows[0][1].reason == "unterminated quoted field"
+    assert rows[0][0] == 2
+    assert rows[0][2] == 'S1,1,R0,"oops'
+    assert len(rows) == 5001
+    assert all(isinstance(row, dict) for _, row, _ in rows[1:])
 
 
 def test_invalid_utf8_is_an_error_for_that_line_only(tmp_path: Path) -> None:
