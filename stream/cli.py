@@ -42,9 +42,16 @@ def resolve_broker(settings: Settings) -> Settings:
     )
 
 
+def quiet_client_logs(level: str) -> None:
+    """Kafka client libraries log per message at DEBUG; never pay for that on the hot path."""
+    floor = max(logging.INFO, logging.getLevelName(level.upper()))
+    for name in ("aiokafka", "kafka", "faust.topics", "faust.transport"):
+        logging.getLogger(name).setLevel(floor)
+
+
 def cmd_topics(args: argparse.Namespace, settings: Settings) -> int:
     from stream.app import all_topic_partitions
-    from stream.embedded import create_topics
+    from stream.topics import create_topics
 
     settings = resolve_broker(settings)
     topics = all_topic_partitions(settings)
@@ -57,12 +64,13 @@ def cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
     from faust.worker import Worker
 
     from stream.app import all_topic_partitions, build_worker_app
-    from stream.embedded import create_topics
+    from stream.topics import create_topics
 
     settings = resolve_broker(settings)
     create_topics(settings.broker.bootstrap, all_topic_partitions(settings))
     app = build_worker_app(settings, store=args.store, web_port=args.web_port)
     worker = Worker(app, loglevel=args.loglevel, redirect_stdouts=False)
+    quiet_client_logs(args.loglevel)
     worker.execute_from_commandline()
     return 0
 

@@ -234,3 +234,20 @@ def as_dict(settings: Settings) -> dict[str, Any]:
             if "password" in key and section[key]:
                 section[key] = "***"
     return out
+
+
+def to_environ(settings: Settings) -> dict[str, str]:
+    """``JOURNEY_*`` variables that rebuild ``settings`` in a child process."""
+    env: dict[str, str] = {}
+    for section in fields(settings):
+        values = getattr(settings, section.name)
+        for f in fields(values):
+            value = getattr(values, f.name)
+            if isinstance(value, Mapping):
+                text = ",".join(f"{k}={v}" for k, v in value.items())
+            elif isinstance(value, bool):
+                text = "true" if value else "false"
+            else:
+                text = str(value)
+            env[f"{ENV_PREFIX}{section.name}_{f.name}".upper()] = text
+    return env

@@ -77,6 +77,7 @@ class JourneyShell:
         self.processed: dict[TP, int] = {}
         self.stage_counts: dict[int, dict[str, int]] = defaultdict(lambda: defaultdict(int))
         self._gauge_partitions: set[int] = set()
+        self._first_applied = False
 
     # -- table ------------------------------------------------------------
     def load(self, key: str) -> JourneyState | None:
@@ -159,6 +160,11 @@ class JourneyShell:
             transitions.extend(out)
         self.save(msg.partition, state, before)
         await self.emit(transitions)
+        m.EVENTS_APPLIED.inc(len(tps))
+        if not self._first_applied:
+            self._first_applied = True
+            m.FIRST_APPLIED.set(t / 1000)
+        m.LAST_APPLIED.set(now_ms() / 1000)
 
     async def on_check(self, event: faust.EventT) -> None:
         msg = event.message

@@ -61,6 +61,17 @@ TRANSITIONS = Counter(
     "Stage transitions, by from and to stage ('none' when a journey starts).",
     ["from_stage", "to_stage"],
 )
+EVENTS_APPLIED = Counter(
+    "journey_events_applied_total", "Touchpoints taken into journey state by the journey agent."
+)
+FIRST_APPLIED = Gauge(
+    "journey_first_event_applied_timestamp_seconds",
+    "Wall-clock time the journey agent took in its first touchpoint (process start = 0).",
+)
+LAST_APPLIED = Gauge(
+    "journey_last_event_applied_timestamp_seconds",
+    "Wall-clock time the journey agent last took in a touchpoint.",
+)
 STAGE_CUSTOMERS = Gauge(
     "journey_stage_customers",
     "Journeys currently in each stage, per partition this worker actively owns.",
