@@ -343,6 +343,20 @@ def dumps_many(tps: Iterable[Touchpoint]) -> bytes:
     return orjson.dumps([tp.to_dict() for tp in tps])
 
 
+def dumps_groups(groups: Iterable[tuple[str, Iterable[Touchpoint]]]) -> bytes:
+    """Pack touchpoints of several journey keys into one ``touchpoints.resolved`` value.
+
+    The format is ``[[journey_key, [touchpoint, ...]], ...]``; every key must
+    hash to the partition the message is sent to.
+    """
+    return orjson.dumps([[key, [tp.to_dict() for tp in tps]] for key, tps in groups])
+
+
+def loads_groups(raw: bytes) -> list[tuple[str, list[Touchpoint]]]:
+    """Inverse of :func:`dumps_groups` (trusted input written by the engine)."""
+    return [(key, [from_trusted(d) for d in tps]) for key, tps in orjson.loads(raw)]
+
+
 def loads(raw: bytes) -> Touchpoint:
     """Decode one trusted touchpoint object (raises :class:`InvalidTouchpoint`)."""
     try:

@@ -3,18 +3,21 @@
 Consumes ``touchpoints`` (keyed by raw id, one event or a JSON array per
 message). Invalid input goes to ``journey.dlq`` with the original bytes and
 the reason in headers; valid events go to ``touchpoints.resolved`` keyed by
-journey key, packed one JSON array per key per message so the journey agent
-pays Faust's per-message cost once for many events.
+journey key, packed as one message per destination partition per batch (see
+``contract.dumps_groups``) so the journey agent pays Faust's per-message cost
+once for many events.
 """
 
 from __future__ import annotations
 
 import logging
 import time
+import weakref
 from collections import defaultdict
 from typing import Any
 
 import faust
+from faust.streams import _current_event
 
 from stream import contract
 from stream.contract import Rejected, Touchpoint
@@ -24,6 +27,9 @@ from stream.observability import metrics as m
 from stream.settings import Settings
 
 log = logging.getLogger(__name__)
+
+#: How long ingest waits to fill a batch before forwarding what it has.
+BATCH_WINDOW_S = 0.05
 
 
 def dlq_headers(reason: str, event: Any, index: int | None, stage: str) -> dict[str, bytes]:
@@ -62,42 +68,59 @@ def register_ingest(
         value = identities.get(raw_key.encode())
         return value.decode() if value is not None else None
 
+    resolved_name = settings.topics.resolved
+    batch_size = settings.worker.forward_batch
+
     @app.agent(topics.touchpoints, name="ingest")
     async def ingest(stream: faust.StreamT) -> None:
-        async for event in stream.events():
-            raw = event.value
-            processed[event.message.tp] = event.message.offset
-            if raw is None:
-                continue
-            grouped: dict[str, list[Touchpoint]] = defaultdict(list)
+        # Batches of events: Faust's per-message send cost is paid once per
+        # destination partition per batch instead of once per event. Events are
+        # acked only after the batch's sends were handed to the producer, and
+        # Faust flushes the producer before committing offsets.
+        async for events in stream.take_events(batch_size, within=BATCH_WINDOW_S):
+            out: dict[int, dict[str, list[Touchpoint]]] = defaultdict(lambda: defaultdict(list))
             now_ms = int(time.time() * 1000)
-            for item in contract.decode_message(raw):
-                if isinstance(item, Rejected):
-                    m.DLQ.labels(reason=item.kind).inc()
-                    await topics.dlq.send(
-                        key=event.key,
-                        value=item.raw,
-                        headers=dlq_headers(item.reason, event, item.index, "ingest"),
-                    )
+            for event in events:
+                processed[event.message.tp] = event.message.offset
+                raw = event.value
+                if raw is None:
                     continue
-                if recent.seen(item.event_id):
-                    m.DUPLICATES.inc()
-                    continue
-                res = resolve(item, lookup)
-                if res.record is not None:
-                    alias, customer = res.record
-                    identities[alias.encode()] = customer.encode()
-                    m.IDENTITY_LINKS.inc()
-                for orphan, merge in res.merges:
-                    grouped[orphan].append(merge)
-                for alias, link in res.links:
-                    if not links_sent.seen(link.event_id):
-                        await topics.touchpoints.send(key=alias.encode(), value=contract.dumps(link))
-                if item.source == contract.INTERNAL_SOURCE:
-                    continue
-                m.INGESTED.labels(channel=item.channel, type=m.type_label(item)).inc()
-                m.EVENT_TIME_LAG.observe(max(0.0, (now_ms - item.timestamp) / 1000))
-                grouped[res.journey_key].append(item)
-            for key, tps in grouped.items():
-                value = contract.dumps(tps[0]) if len(tps) == 1 else contract.dumps_many(tps)
-                await topics.resolved.send(key=key.encode(), value=value)
+                # Table reads and writes belong to this event's partition.
+                _current_event.set(weakref.ref(event))
+                for item in contract.decode_message(raw):
+                    if isinstance(item, Rejected):
+                        m.DLQ.labels(reason=item.kind).inc()
+                        await topics.dlq.send(
+                            key=event.key,
+                            value=item.raw,
+                            headers=dlq_headers(item.reason, event, item.index, "ingest"),
+                        )
+                        continue
+                    if recent.seen(item.event_id):
+                        m.DUPLICATES.inc()
+                        continue
+                    res = resolve(item, lookup)
+                    if res.record is not None:
+                        alias, customer = res.record
+                        identities[alias.encode()] = customer.encode()
+                        m.IDENTITY_LINKS.inc()
+                    for orphan, merge in res.merges:
+                        out[partition_of(orphan)][orphan].append(merge)
+                    for alias, link in res.links:
+                        if not links_sent.seen(link.event_id):
+                            await topics.touchpoints.send(
+                                key=alias.encode(), value=contract.dumps(link)
+                            )
+                    if item.source == contract.INTERNAL_SOURCE:
+                        continue
+                    m.INGESTED.labels(channel=item.channel, type=m.type_label(item)).inc()
+                    m.EVENT_TIME_LAG.observe(max(0.0, (now_ms - item.timestamp) / 1000))
+                    out[partition_of(res.journey_key)][res.journey_key].append(item)
+            for partition, groups in out.items():
+                await topics.resolved.send(
+                    value=contract.dumps_groups(groups.items()), partition=partition
+                )
+
+    def partition_of(journey_key: str) -> int:
+        """The ``touchpoints.resolved`` partition a journey key hashes to."""
+        return int(app.producer.key_partition(resolved_name, journey_key.encode()).partition)

@@ -46,13 +46,6 @@ def counted_stage(state: JourneyState | None) -> str | None:
     return state.stage
 
 
-def decode_resolved(raw: bytes) -> list[Touchpoint]:
-    value = orjson.loads(raw)
-    if isinstance(value, list):
-        return [contract.from_trusted(v) for v in value]
-    return [contract.from_trusted(value)]
-
-
 class JourneyShell:
     """Plumbing around the pure rules: table I/O, watermarks, due index, emission."""
 
@@ -120,20 +113,37 @@ class JourneyShell:
 
     # -- handlers ------------------------------------------------------------
     async def on_touchpoints(self, event: faust.EventT) -> None:
+        """One packed message: touchpoints of several journeys of this partition."""
         msg = event.message
-        key = bytes(msg.key).decode()
-        tps = decode_resolved(msg.value)
+        groups = contract.loads_groups(msg.value)
         clock = self.clocks[msg.partition]
         t = now_ms()
-        for tp in tps:
-            clock.observe(tp.timestamp, t)
+        count = 0
+        for _key, tps in groups:
+            count += len(tps)
+            for tp in tps:
+                clock.observe(tp.timestamp, t)
         self.processed[msg.tp] = msg.offset
         wm = clock.watermark(t, self.caught_up())
+        transitions: list[Transition] = []
+        for key, tps in groups:
+            transitions.extend(await self.take_in(msg.partition, key, tps, wm))
+        await self.emit(msg.partition, transitions)
+        m.EVENTS_APPLIED.inc(count)
+        if not self._first_applied:
+            self._first_applied = True
+            m.FIRST_APPLIED.set(t / 1000)
+        m.LAST_APPLIED.set(now_ms() / 1000)
+
+    async def take_in(
+        self, partition: int, key: str, tps: list[Touchpoint], wm: int
+    ) -> list[Transition]:
+        """Apply one journey's touchpoints, settle up to ``wm`` and save it once."""
         state = self.load(key)
         before = counted_stage(state)
         if state is not None and state.merged_into is not None:
             await self.forward(state.merged_into, [tp for tp in tps if tp.type != MERGE])
-            return
+            return []
         if state is None:
             state = JourneyState(key=key)
         transitions: list[Transition] = []
@@ -158,18 +168,14 @@ class JourneyShell:
         if state.merged_into is None:
             state, out = rules.advance(state, wm, self.model)
             transitions.extend(out)
-        self.save(msg.partition, state, before)
-        await self.emit(transitions)
-        m.EVENTS_APPLIED.inc(len(tps))
-        if not self._first_applied:
-            self._first_applied = True
-            m.FIRST_APPLIED.set(t / 1000)
-        m.LAST_APPLIED.set(now_ms() / 1000)
+        self.save(partition, state, before)
+        return transitions
 
     async def on_check(self, event: faust.EventT) -> None:
         msg = event.message
         body = orjson.loads(msg.value)
         wm = max(int(body["watermark"]), self.watermark(msg.partition))
+        transitions: list[Transition] = []
         for key in body["keys"]:
             state = self.load(key)
             if state is None or state.merged_into is not None:
@@ -179,9 +185,10 @@ class JourneyShell:
                 # A stale or duplicate check: nothing to do, but keep the key indexed.
                 self.due[msg.partition].schedule(key, rules.next_due(state, self.model))
                 continue
-            state, transitions = rules.advance(state, wm, self.model)
+            state, out = rules.advance(state, wm, self.model)
+            transitions.extend(out)
             self.save(msg.partition, state, before)
-            await self.emit(transitions)
+        await self.emit(msg.partition, transitions)
 
     async def merge_out(self, state: JourneyState, into: str, alias: str, at: int) -> None:
         body = contract.internal_touchpoint(
@@ -191,18 +198,28 @@ class JourneyShell:
             anonymous_id=alias,
             properties={"alias": alias, "state": state.to_dict()},
         )
-        await self.topics.resolved.send(key=into.encode(), value=contract.dumps(body))
+        await self.forward(into, [body])
 
     async def forward(self, key: str, tps: list[Touchpoint]) -> None:
+        """Send touchpoints to another journey (partitioned by its key)."""
         if tps:
-            await self.topics.resolved.send(key=key.encode(), value=contract.dumps_many(tps))
+            await self.topics.resolved.send(
+                key=key.encode(), value=contract.dumps_groups([(key, tps)])
+            )
 
-    async def emit(self, transitions: Iterable[Transition]) -> None:
+    async def emit(self, partition: int, transitions: list[Transition]) -> None:
+        """Publish one step's transitions as one message on the same partition number.
+
+        ``journey.transitions`` carries JSON arrays of transitions; a journey's
+        transitions always come from one partition, in order.
+        """
+        if not transitions:
+            return
         for tr in transitions:
             m.TRANSITIONS.labels(from_stage=tr.from_stage or "none", to_stage=tr.to_stage).inc()
-            await self.topics.transitions.send(
-                key=tr.customer_id.encode(), value=orjson.dumps(tr.to_dict())
-            )
+        await self.topics.transitions.send(
+            value=orjson.dumps([tr.to_dict() for tr in transitions]), partition=partition
+        )
 
     # -- timer and recovery ------------------------------------------------------------
     def active_partitions(self) -> list[int]:
