@@ -173,7 +173,10 @@ def parse_timestamp(value: Any) -> int:
             ) from None
         if dt.tzinfo is None:
             raise InvalidTouchpoint("timestamp has no UTC offset", "timestamp")
-        ms = int(dt.astimezone(UTC).timestamp() * 1000)
+        try:
+            ms = int(dt.astimezone(UTC).timestamp() * 1000)
+        except (OverflowError, ValueError):
+            raise InvalidTouchpoint(f"timestamp {value[:64]!r} is out of range", "timestamp") from None
     else:
         raise InvalidTouchpoint("timestamp must be RFC 3339 text or epoch milliseconds", "timestamp")
     if not MIN_TIMESTAMP_MS <= ms < MAX_TIMESTAMP_MS:

@@ -336,7 +336,7 @@ def test_write_key_in_the_body_is_accepted(
 
 def test_each_endpoint_maps_its_call(base: str, broker: Any, collector_settings: Settings) -> None:
     common = {"anonymousId": "anon-e", "timestamp": TS}
-    calls = {
+    calls: dict[str, tuple[dict[str, Any], str]] = {
         "/v1/track": ({"event": "Order Refunded", "properties": {"order_id": 7}}, "return"),
         "/v1/page": ({"name": "Home"}, "page_view"),
         "/v1/screen": ({"name": "Home"}, "page_view"),

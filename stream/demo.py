@@ -1,0 +1,281 @@
+"""``journey demo``: the whole engine on loopback, driven by simulated shoppers.
+
+Starts the embedded stack (broker, Redis, SMTP catcher), the worker, the
+collector and the POS producer as child processes, then plays simulated
+journeys in real time: web sessions through the collector over HTTP (Segment
+``/v1/batch`` calls, as an SDK would send them) and in-store sales through the
+POS producer (rows appended to a JSON Lines export it follows). A live summary
+is read from the services' own ``/metrics``; at the end a short report is
+printed and everything is stopped.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+import urllib.error
+import urllib.request
+from collections import Counter
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+from stream.app import all_topic_partitions
+from stream.embedded import EmbeddedStack, free_port
+from stream.settings import ROOT, Settings, to_environ
+from stream.topics import create_topics
+
+#: Share of simulated web calls sent with one malformed message, to show the DLQ.
+BAD_CALL_RATE = 0.02
+REFRESH_S = 2.0
+
+
+class Child:
+    """A ``journey`` subcommand run as a child process, logging to a file."""
+
+    def __init__(self, name: str, args: list[str], env: dict[str, str], log: Path) -> None:
+        self.name = name
+        log.parent.mkdir(parents=True, exist_ok=True)
+        self.log = log
+        with log.open("ab") as fh:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "stream.cli", *args],
+                cwd=ROOT,
+                env={**os.environ, **env},
+                stdout=fh,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+            )
+
+    def stop(self, timeout: float = 20.0) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+
+def http(url: str, body: bytes | None = None, headers: dict[str, str] | None = None) -> tuple[int, bytes]:
+    req = urllib.request.Request(url, data=body, headers=headers or {})
+    try:
+        with urllib.request.urlopen(req, timeout=10) as resp:
+            return resp.status, resp.read()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read()
+    except (urllib.error.URLError, ConnectionError, TimeoutError):
+        return 0, b""
+
+
+def scrape(url: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    """Samples of a Prometheus text endpoint: (name, sorted labels) -> value."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    status, body = http(url)
+    out: dict[tuple[str, tuple[tuple[str, str], ...]], float] = {}
+    if status != 200:
+        return out
+    for family in text_string_to_metric_families(body.decode()):
+        for s in family.samples:
+            out[(s.name, tuple(sorted(s.labels.items())))] = s.value
+    return out
+
+
+def total(samples: dict, name: str, **labels: str) -> float:
+    return sum(
+        v for (n, ls), v in samples.items()
+        if n == name and all(dict(ls).get(k) == val for k, val in labels.items())
+    )
+
+
+def by_label(samples: dict, name: str, label: str) -> Counter[str]:
+    out: Counter[str] = Counter()
+    for (n, ls), v in samples.items():
+        if n == name:
+            out[dict(ls).get(label, "")] += int(v)
+    return out
+
+
+def wait_ready(url: str, child: Child, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while http(url)[0] != 200:
+        if child.proc.poll() is not None:
+            raise RuntimeError(f"{child.name} exited; see {child.log}")
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"{child.name} not ready after {timeout:.0f}s; see {child.log}")
+        time.sleep(0.2)
+
+
+class Shoppers(threading.Thread):
+    """Plays simulated journeys in real time through the collector and the POS export."""
+
+    def __init__(self, settings: Settings, events: list[dict], pos_file: Path, stop: threading.Event):
+        super().__init__(daemon=True, name="shoppers")
+        self.settings = settings
+        self.events = events
+        self.pos_file = pos_file
+        self.stop_event = stop
+        self.sent: Counter[str] = Counter()
+        key = next(iter(settings.collector.write_keys))
+        self.auth = "Basic " + base64.b64encode(f"{key}:".encode()).decode()
+        self.url = f"http://127.0.0.1:{settings.collector.port}/v1/batch"
+
+    def run(self) -> None:
+        from loadtest.simulator import to_pos_row, to_segment
+
+        pending_web: list[dict] = []
+        n_calls = 0
+        for event in self.events:
+            delay = event["timestamp"] / 1000 - time.time()
+            if delay > 0 and self.stop_event.wait(min(delay, 1.0) if delay > 1.0 else delay):
+                break
+            if self.stop_event.is_set():
+                break
+            if event["channel"] == "pos":
+                if event["type"] == "pos_purchase":
+                    with self.pos_file.open("a") as fh:
+                        fh.write(json.dumps(to_pos_row(event)) + "\n")
+                    self.sent["pos"] += 1
+                continue
+            pending_web.append(to_segment(event))
+            if len(pending_web) >= 5 or event is self.events[-1]:
+                n_calls += 1
+                self._post(pending_web, bad=(n_calls % int(1 / BAD_CALL_RATE) == 0))
+                pending_web = []
+        if pending_web:
+            self._post(pending_web, bad=False)
+
+    def _post(self, batch: list[dict], bad: bool) -> None:
+        messages = list(batch)
+        if bad:
+            messages.append({"type": "track", "event": "Product Viewed"})  # no ids, no messageId
+        body = json.dumps({"batch": messages}).encode()
+        status, _ = http(self.url, body, {"Content-Type": "application/json", "Authorization": self.auth})
+        self.sent[f"http_{status}"] += 1
+        self.sent["web"] += len(batch)
+
+
+def demo_events(customers: int, duration_s: float, seed: int) -> list[dict]:
+    from loadtest.simulator import generate
+
+    start = int(time.time() * 1000) + 2000
+    return generate(customers, seed=seed, start_ms=start, span_s=duration_s)
+
+
+def render(worker: dict, collector: dict, shoppers: Shoppers, elapsed: float, mailbox: str) -> str:
+    ingested = by_label(worker, "journey_events_ingested_total", "channel")
+    types = by_label(worker, "journey_events_ingested_total", "type")
+    stages = by_label(worker, "journey_stage_customers", "stage")
+    statuses = by_label(collector, "journey_collector_requests_total", "status")
+    dlq = by_label(worker, "journey_events_dead_lettered_total", "reason")
+    lines = [
+        f"journey demo - {elapsed:5.0f}s",
+        f"  events in      {sum(ingested.values()):7d}   "
+        + "  ".join(f"{c}={n}" for c, n in sorted(ingested.items())),
+        "  by type        " + "  ".join(f"{t}={n}" for t, n in types.most_common(8)),
+        f"  collector      " + "  ".join(f"HTTP {s}={n}" for s, n in sorted(statuses.items())),
+        f"  dead-lettered  {sum(dlq.values()):7d}   "
+        + "  ".join(f"{r}={n}" for r, n in dlq.items()),
+        f"  duplicates     {int(total(worker, 'journey_events_duplicate_total')):7d}",
+        "  stages now     " + "  ".join(f"{s}={n}" for s, n in stages.items() if n),
+        f"  transitions    {int(total(worker, 'journey_stage_transitions_total')):7d}",
+        f"  POS rows sent  {shoppers.sent['pos']:7d}",
+    ]
+    return "\n".join(lines)
+
+
+def run_demo(settings: Settings, duration_s: float, rate: float, workdir: Path | None) -> int:
+    """Run the demo; returns the process exit status."""
+    workdir = workdir or ROOT / "var" / "demo" / time.strftime("%Y%m%d-%H%M%S")
+    workdir.mkdir(parents=True, exist_ok=True)
+    print(f"journey demo: starting the embedded stack in {workdir}", flush=True)
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    children: list[Child] = []
+    with EmbeddedStack(workdir) as stack:
+        assert stack.redis is not None and stack.smtp is not None
+        settings = replace(
+            settings.with_broker(stack.broker.url),
+            redis=replace(settings.redis, url=stack.redis.url),
+            smtp=replace(settings.smtp, host=stack.smtp.host, port=stack.smtp.port),
+            worker=replace(settings.worker, data_dir=str(workdir / "worker"), web_port=free_port()),
+            collector=replace(settings.collector, port=free_port()),
+            pos=replace(
+                settings.pos,
+                checkpoint=str(workdir / "pos" / "checkpoint.json"),
+                rejects=str(workdir / "pos" / "rejects.jsonl"),
+            ),
+            # A demo wants to see stages settle within seconds, not minutes.
+            journey=replace(settings.journey, allowed_lateness_s=5.0, idle_s=1.0),
+        )
+        create_topics(settings.broker.bootstrap, all_topic_partitions(settings))
+        env = to_environ(settings)
+        logs = workdir / "logs"
+        pos_file = workdir / "pos" / "sales.jsonl"
+        pos_file.parent.mkdir(parents=True, exist_ok=True)
+        pos_file.touch()
+        try:
+            worker = Child("worker", ["worker", "--loglevel", "warning"], env, logs / "worker.log")
+            collector = Child("collector", ["collector"], env, logs / "collector.log")
+            pos = Child("pos", ["pos", str(pos_file), "--follow"], env, logs / "pos.log")
+            children += [worker, collector, pos]
+            worker_url = f"http://127.0.0.1:{settings.worker.web_port}"
+            collector_url = f"http://127.0.0.1:{settings.collector.port}"
+            wait_ready(f"{collector_url}/health", collector, 30)
+            wait_ready(f"{worker_url}/ready", worker, 90)
+            customers = max(5, int(rate * duration_s / 8))
+            events = demo_events(customers, duration_s, seed=int(time.time()))
+            shoppers = Shoppers(settings, events, pos_file, stop)
+            print(
+                f"journey demo: worker {worker_url}  collector {collector_url}  "
+                f"{customers} simulated customers over {duration_s:.0f}s (Ctrl-C stops)",
+                flush=True,
+            )
+            started = time.monotonic()
+            shoppers.start()
+            tty = sys.stdout.isatty()
+            try:
+                while not stop.wait(REFRESH_S):
+                    elapsed = time.monotonic() - started
+                    text = render(
+                        scrape(f"{worker_url}/metrics"), scrape(f"{collector_url}/metrics"),
+                        shoppers, elapsed, str(stack.smtp.maildir),
+                    )
+                    print(("\033[2J\033[H" if tty else "") + text + ("" if tty else "\n"), flush=True)
+                    if elapsed >= duration_s and not shoppers.is_alive():
+                        break
+            except KeyboardInterrupt:
+                pass
+            stop.set()
+            shoppers.join(5)
+            report = final_report(worker_url, collector_url, shoppers, time.monotonic() - started)
+            print(json.dumps(report, indent=2), flush=True)
+            print(f"journey demo: logs in {logs}", flush=True)
+        finally:
+            for child in reversed(children):
+                child.stop()
+    return 0
+
+
+def final_report(worker_url: str, collector_url: str, shoppers: Shoppers, elapsed: float) -> dict[str, Any]:
+    worker = scrape(f"{worker_url}/metrics")
+    collector = scrape(f"{collector_url}/metrics")
+    status, funnel = http(f"{worker_url}/funnel")
+    return {
+        "seconds": round(elapsed, 1),
+        "web_events_sent": shoppers.sent["web"],
+        "pos_rows_sent": shoppers.sent["pos"],
+        "collector_responses": dict(by_label(collector, "journey_collector_requests_total", "status")),
+        "events_ingested": dict(by_label(worker, "journey_events_ingested_total", "channel")),
+        "dead_lettered": int(total(worker, "journey_events_dead_lettered_total")),
+        "duplicates_dropped": int(total(worker, "journey_events_duplicate_total")),
+        "transitions": int(total(worker, "journey_stage_transitions_total")),
+        "funnel": json.loads(funnel) if status == 200 else None,
+    }
