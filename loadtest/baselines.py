@@ -87,8 +87,10 @@ def naive(topic: str, expected: int, bootstrap: str) -> None:
             if progress["n"] >= expected:
                 seconds = time.perf_counter() - progress["start"]
                 n = progress["n"]
-                print(orjson.dumps({"events": n, "seconds": seconds, "eps": n / seconds}).decode(),
-                      flush=True)
+                print(
+                    orjson.dumps({"events": n, "seconds": seconds, "eps": n / seconds}).decode(),
+                    flush=True,
+                )
                 os._exit(0)
 
     from faust.worker import Worker

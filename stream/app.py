@@ -41,7 +41,9 @@ class Topics:
     triggers: faust.TopicT
 
 
-def faust_app(settings: Settings, *, store: str | None = None, web_port: int | None = None) -> faust.App:
+def faust_app(
+    settings: Settings, *, store: str | None = None, web_port: int | None = None
+) -> faust.App:
     """A configured, empty Faust app (no agents)."""
     w = settings.worker
     b = settings.broker

@@ -1,14 +1,14 @@
 """``journey``: one command for every service of the engine.
 
-    journey stack        start the embedded broker, Redis and SMTP catcher
-    journey worker       the Faust worker (ingest + journey agents, HTTP views)
-    journey collector    the Segment-compatible HTTP collector
-    journey pos          publish POS transactions from CSV / JSON Lines
-    journey replay       run an event log through the pure rules (the oracle)
-    journey simulate     generate simulated journeys (JSON Lines or to Kafka)
-    journey demo         everything above, embedded, with a live summary
-    journey topics       create the topics
-    journey config       print the effective settings
+journey stack        start the embedded broker, Redis and SMTP catcher
+journey worker       the Faust worker (ingest + journey agents, HTTP views)
+journey collector    the Segment-compatible HTTP collector
+journey pos          publish POS transactions from CSV / JSON Lines
+journey replay       run an event log through the pure rules (the oracle)
+journey simulate     generate simulated journeys (JSON Lines or to Kafka)
+journey demo         everything above, embedded, with a live summary
+journey topics       create the topics
+journey config       print the effective settings
 """
 
 from __future__ import annotations
@@ -157,27 +157,49 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--log-level", default="info", help="logging level (default: info)")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    def add(name: str, fun: Callable[[argparse.Namespace, Settings], int], text: str) -> argparse.ArgumentParser:
+    def add(
+        name: str, fun: Callable[[argparse.Namespace, Settings], int], text: str
+    ) -> argparse.ArgumentParser:
         p = sub.add_parser(name, help=text, description=text)
         p.set_defaults(func=fun)
         return p
 
-    add("stack", cmd_stack, "Start the embedded Kafka-compatible broker, Redis and SMTP catcher "
-        "on loopback and record their addresses in var/stack.json for the other commands.")
+    add(
+        "stack",
+        cmd_stack,
+        "Start the embedded Kafka-compatible broker, Redis and SMTP catcher "
+        "on loopback and record their addresses in var/stack.json for the other commands.",
+    )
 
-    p = add("worker", cmd_worker, "Run the Faust worker: ingest (validate, dedupe, identity) and "
-            "journey (state table, stage transitions) agents, plus GET /customers/{id}/journey, "
-            "GET /funnel and GET /metrics on its web port.")
-    p.add_argument("--web-port", type=int, default=None, help="HTTP port (default: [worker] web_port)")
-    p.add_argument("--store", default=None, help="table store URL: rocksdb:// (default) or memory://")
+    p = add(
+        "worker",
+        cmd_worker,
+        "Run the Faust worker: ingest (validate, dedupe, identity) and "
+        "journey (state table, stage transitions) agents, plus GET /customers/{id}/journey, "
+        "GET /funnel and GET /metrics on its web port.",
+    )
+    p.add_argument(
+        "--web-port", type=int, default=None, help="HTTP port (default: [worker] web_port)"
+    )
+    p.add_argument(
+        "--store", default=None, help="table store URL: rocksdb:// (default) or memory://"
+    )
     p.add_argument("--loglevel", default="info")
 
-    p = add("collector", cmd_collector, "Run the Segment-compatible HTTP collector "
-            "(POST /v1/track, /v1/identify, /v1/page, /v1/screen, /v1/alias, /v1/group, /v1/batch).")
+    p = add(
+        "collector",
+        cmd_collector,
+        "Run the Segment-compatible HTTP collector "
+        "(POST /v1/track, /v1/identify, /v1/page, /v1/screen, /v1/alias, /v1/group, /v1/batch).",
+    )
     p.add_argument("--port", type=int, default=None, help="listen port (default: [collector] port)")
 
-    p = add("pos", cmd_pos, "Publish in-store POS transactions from CSV or JSON Lines "
-            "(file, folder of exports or - for stdin); resumable through a checkpoint file.")
+    p = add(
+        "pos",
+        cmd_pos,
+        "Publish in-store POS transactions from CSV or JSON Lines "
+        "(file, folder of exports or - for stdin); resumable through a checkpoint file.",
+    )
     try:
         from stream.producers.pos import add_arguments as pos_arguments
 
@@ -185,23 +207,44 @@ def build_parser() -> argparse.ArgumentParser:
     except ImportError as exc:  # pragma: no cover - only when the package is broken
         p.set_defaults(import_error=str(exc))
 
-    p = add("replay", cmd_replay, "Run a JSON Lines event log through the pure journey rules offline "
-            "and print JSON Lines: transitions and final states (the oracle for the stream).")
+    p = add(
+        "replay",
+        cmd_replay,
+        "Run a JSON Lines event log through the pure journey rules offline "
+        "and print JSON Lines: transitions and final states (the oracle for the stream).",
+    )
     p.add_argument("file", type=Path, help="JSON Lines file of touchpoints ('-' for stdin)")
-    p.add_argument("--stage-model", default=None, help="stage model name or file (default: setting)")
-    p.add_argument("--until", default=None, help="final watermark: RFC 3339, epoch ms, or 'end' "
-                   "(default: now minus the allowed lateness, as an idle, caught-up stream)")
+    p.add_argument(
+        "--stage-model", default=None, help="stage model name or file (default: setting)"
+    )
+    p.add_argument(
+        "--until",
+        default=None,
+        help="final watermark: RFC 3339, epoch ms, or 'end' "
+        "(default: now minus the allowed lateness, as an idle, caught-up stream)",
+    )
 
-    p = add("simulate", cmd_simulate, "Generate simulated customer journeys (see "
-            "`journey simulate -- --help`).")
+    p = add(
+        "simulate",
+        cmd_simulate,
+        "Generate simulated customer journeys (see `journey simulate -- --help`).",
+    )
     p.add_argument("rest", nargs=argparse.REMAINDER, help="arguments for loadtest.simulator")
 
-    p = add("demo", cmd_demo, "Start everything embedded (broker, Redis, SMTP catcher, worker, "
-            "collector) with simulated web and POS shoppers and a live summary.")
+    p = add(
+        "demo",
+        cmd_demo,
+        "Start everything embedded (broker, Redis, SMTP catcher, worker, "
+        "collector) with simulated web and POS shoppers and a live summary.",
+    )
     p.add_argument("--duration", type=float, default=60.0, help="seconds to run (default 60)")
     p.add_argument("--rate", type=float, default=20.0, help="events per second (default 20)")
-    p.add_argument("--workdir", type=Path, default=None, help="where data and logs go "
-                   "(default: a new folder under var/demo)")
+    p.add_argument(
+        "--workdir",
+        type=Path,
+        default=None,
+        help="where data and logs go (default: a new folder under var/demo)",
+    )
 
     add("topics", cmd_topics, "Create every topic the engine uses (idempotent).")
     add("config", cmd_config, "Print the effective settings as JSON (secrets masked).")

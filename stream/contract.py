@@ -156,7 +156,9 @@ def alias_ids(tp: Touchpoint) -> list[str]:
 def parse_timestamp(value: Any) -> int:
     """RFC 3339 string or epoch milliseconds (int/float) -> UTC epoch ms."""
     if isinstance(value, bool):
-        raise InvalidTouchpoint("timestamp must be RFC 3339 text or epoch milliseconds", "timestamp")
+        raise InvalidTouchpoint(
+            "timestamp must be RFC 3339 text or epoch milliseconds", "timestamp"
+        )
     if isinstance(value, int | float):
         if isinstance(value, float) and not math.isfinite(value):
             raise InvalidTouchpoint("timestamp is not a finite number", "timestamp")
@@ -176,9 +178,13 @@ def parse_timestamp(value: Any) -> int:
         try:
             ms = int(dt.astimezone(UTC).timestamp() * 1000)
         except (OverflowError, ValueError):
-            raise InvalidTouchpoint(f"timestamp {value[:64]!r} is out of range", "timestamp") from None
+            raise InvalidTouchpoint(
+                f"timestamp {value[:64]!r} is out of range", "timestamp"
+            ) from None
     else:
-        raise InvalidTouchpoint("timestamp must be RFC 3339 text or epoch milliseconds", "timestamp")
+        raise InvalidTouchpoint(
+            "timestamp must be RFC 3339 text or epoch milliseconds", "timestamp"
+        )
     if not MIN_TIMESTAMP_MS <= ms < MAX_TIMESTAMP_MS:
         raise InvalidTouchpoint(
             f"timestamp {ms} ms is outside 2000..2100 (seconds instead of milliseconds?)",

@@ -63,7 +63,9 @@ class Child:
                 self.proc.wait()
 
 
-def http(url: str, body: bytes | None = None, headers: dict[str, str] | None = None) -> tuple[int, bytes]:
+def http(
+    url: str, body: bytes | None = None, headers: dict[str, str] | None = None
+) -> tuple[int, bytes]:
     req = urllib.request.Request(url, data=body, headers=headers or {})
     try:
         with urllib.request.urlopen(req, timeout=10) as resp:
@@ -90,7 +92,8 @@ def scrape(url: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
 
 def total(samples: dict, name: str, **labels: str) -> float:
     return sum(
-        v for (n, ls), v in samples.items()
+        v
+        for (n, ls), v in samples.items()
         if n == name and all(dict(ls).get(k) == val for k, val in labels.items())
     )
 
@@ -116,7 +119,9 @@ def wait_ready(url: str, child: Child, timeout: float) -> None:
 class Shoppers(threading.Thread):
     """Plays simulated journeys in real time through the collector and the POS export."""
 
-    def __init__(self, settings: Settings, events: list[dict], pos_file: Path, stop: threading.Event):
+    def __init__(
+        self, settings: Settings, events: list[dict], pos_file: Path, stop: threading.Event
+    ):
         super().__init__(daemon=True, name="shoppers")
         self.settings = settings
         self.events = events
@@ -157,7 +162,9 @@ class Shoppers(threading.Thread):
         if bad:
             messages.append({"type": "track", "event": "Product Viewed"})  # no ids, no messageId
         body = json.dumps({"batch": messages}).encode()
-        status, _ = http(self.url, body, {"Content-Type": "application/json", "Authorization": self.auth})
+        status, _ = http(
+            self.url, body, {"Content-Type": "application/json", "Authorization": self.auth}
+        )
         self.sent[f"http_{status}"] += 1
         self.sent["web"] += len(batch)
 
@@ -180,7 +187,7 @@ def render(worker: dict, collector: dict, shoppers: Shoppers, elapsed: float, ma
         f"  events in      {sum(ingested.values()):7d}   "
         + "  ".join(f"{c}={n}" for c, n in sorted(ingested.items())),
         "  by type        " + "  ".join(f"{t}={n}" for t, n in types.most_common(8)),
-        f"  collector      " + "  ".join(f"HTTP {s}={n}" for s, n in sorted(statuses.items())),
+        "  collector      " + "  ".join(f"HTTP {s}={n}" for s, n in sorted(statuses.items())),
         f"  dead-lettered  {sum(dlq.values()):7d}   "
         + "  ".join(f"{r}={n}" for r, n in dlq.items()),
         f"  duplicates     {int(total(worker, 'journey_events_duplicate_total')):7d}",
@@ -245,10 +252,15 @@ def run_demo(settings: Settings, duration_s: float, rate: float, workdir: Path |
                 while not stop.wait(REFRESH_S):
                     elapsed = time.monotonic() - started
                     text = render(
-                        scrape(f"{worker_url}/metrics"), scrape(f"{collector_url}/metrics"),
-                        shoppers, elapsed, str(stack.smtp.maildir),
+                        scrape(f"{worker_url}/metrics"),
+                        scrape(f"{collector_url}/metrics"),
+                        shoppers,
+                        elapsed,
+                        str(stack.smtp.maildir),
                     )
-                    print(("\033[2J\033[H" if tty else "") + text + ("" if tty else "\n"), flush=True)
+                    print(
+                        ("\033[2J\033[H" if tty else "") + text + ("" if tty else "\n"), flush=True
+                    )
                     if elapsed >= duration_s and not shoppers.is_alive():
                         break
             except KeyboardInterrupt:
@@ -264,7 +276,9 @@ def run_demo(settings: Settings, duration_s: float, rate: float, workdir: Path |
     return 0
 
 
-def final_report(worker_url: str, collector_url: str, shoppers: Shoppers, elapsed: float) -> dict[str, Any]:
+def final_report(
+    worker_url: str, collector_url: str, shoppers: Shoppers, elapsed: float
+) -> dict[str, Any]:
     worker = scrape(f"{worker_url}/metrics")
     collector = scrape(f"{collector_url}/metrics")
     status, funnel = http(f"{worker_url}/funnel")
@@ -272,7 +286,9 @@ def final_report(worker_url: str, collector_url: str, shoppers: Shoppers, elapse
         "seconds": round(elapsed, 1),
         "web_events_sent": shoppers.sent["web"],
         "pos_rows_sent": shoppers.sent["pos"],
-        "collector_responses": dict(by_label(collector, "journey_collector_requests_total", "status")),
+        "collector_responses": dict(
+            by_label(collector, "journey_collector_requests_total", "status")
+        ),
         "events_ingested": dict(by_label(worker, "journey_events_ingested_total", "channel")),
         "dead_lettered": int(total(worker, "journey_events_dead_lettered_total")),
         "duplicates_dropped": int(total(worker, "journey_events_duplicate_total")),

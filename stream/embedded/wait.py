@@ -6,8 +6,9 @@ import time
 from collections.abc import Callable
 
 
-def wait_until(predicate: Callable[[], bool], timeout: float, interval: float = 0.05,
-               what: str = "condition") -> None:
+def wait_until(
+    predicate: Callable[[], bool], timeout: float, interval: float = 0.05, what: str = "condition"
+) -> None:
     """Call ``predicate`` until it returns True; raise ``TimeoutError`` after ``timeout`` s."""
     deadline = time.monotonic() + timeout
     while not predicate():

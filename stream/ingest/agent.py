@@ -77,7 +77,8 @@ def register_ingest(
         # destination partition per batch instead of once per event. Events are
         # acked only after the batch's sends were handed to the producer, and
         # Faust flushes the producer before committing offsets.
-        async for events in stream.take_events(batch_size, within=BATCH_WINDOW_S):
+        batches = stream.take_events(batch_size, within=BATCH_WINDOW_S)  # type: ignore[attr-defined]
+        async for events in batches:
             out: dict[int, dict[str, list[Touchpoint]]] = defaultdict(lambda: defaultdict(list))
             now_ms = int(time.time() * 1000)
             for event in events:

@@ -57,11 +57,11 @@ def resolve(tp: Touchpoint, lookup: Callable[[str], str | None]) -> Resolution:
     key = tp.routing_key
     if tp.type == LINK:
         # Sent by resolve() itself: record alias -> customer where the alias lives.
-        customer = str(tp.properties["customer_id"])
+        linked_to = str(tp.properties["customer_id"])
         res = Resolution(journey_key="")
-        if lookup(key) != customer:
-            res.record = (key, customer)
-            res.merges.append((orphan_key(key), _merge(tp, key, customer)))
+        if lookup(key) != linked_to:
+            res.record = (key, linked_to)
+            res.merges.append((orphan_key(key), _merge(tp, key, linked_to)))
         return res
     customer = tp.customer_id
     if customer is None:

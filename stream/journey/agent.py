@@ -101,7 +101,9 @@ class JourneyShell:
             if hw is None:
                 return False
             done = self.processed.get(tp)
-            position = done + 1 if done is not None else consumer._read_offset.get(tp)  # noqa: SLF001
+            # Nothing processed yet this session: where the consumer was seeked to.
+            read_offsets = getattr(consumer, "_read_offset", {})
+            position = done + 1 if done is not None else read_offsets.get(tp)
             if position is None:
                 position = 0
             if position < hw:
@@ -115,7 +117,7 @@ class JourneyShell:
     async def on_touchpoints(self, event: faust.EventT) -> None:
         """One packed message: touchpoints of several journeys of this partition."""
         msg = event.message
-        groups = contract.loads_groups(msg.value)
+        groups = contract.loads_groups(msg.value or b"[]")
         clock = self.clocks[msg.partition]
         t = now_ms()
         count = 0
@@ -173,7 +175,7 @@ class JourneyShell:
 
     async def on_check(self, event: faust.EventT) -> None:
         msg = event.message
-        body = orjson.loads(msg.value)
+        body = orjson.loads(msg.value or b"{}")
         wm = max(int(body["watermark"]), self.watermark(msg.partition))
         transitions: list[Transition] = []
         for key in body["keys"]:
@@ -224,7 +226,9 @@ class JourneyShell:
     # -- timer and recovery ------------------------------------------------------------
     def active_partitions(self) -> list[int]:
         name = self.settings.topics.resolved
-        return sorted(tp.partition for tp in self.app.assignor.assigned_actives() if tp.topic == name)
+        return sorted(
+            tp.partition for tp in self.app.assignor.assigned_actives() if tp.topic == name
+        )
 
     async def tick(self) -> None:
         """Send check messages for journeys due in partitions this worker owns."""
@@ -269,8 +273,11 @@ class JourneyShell:
             if state.merged_into is None and state.stage is not None:
                 self.stage_counts[p][state.stage] += 1
             self.due[p].schedule(state.key, rules.next_due(state, self.model))
-        log.info("journey index rebuilt: partitions=%s keys=%d", sorted(actives),
-                 sum(len(d) for d in self.due.values()))
+        log.info(
+            "journey index rebuilt: partitions=%s keys=%d",
+            sorted(actives),
+            sum(len(d) for d in self.due.values()),
+        )
 
     def local_states(self) -> Iterable[JourneyState]:
         """Settled states of the partitions this worker actively owns."""

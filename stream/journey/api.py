@@ -118,9 +118,7 @@ def register_views(app: faust.App, shell: JourneyShell) -> None:
         if state is None:
             return self.json({"error": f"no journey for {customer_id!r}"}, status=404)
         if state.merged_into is not None:
-            return self.json(
-                {"key": customer_id, "merged_into": state.merged_into}, status=200
-            )
+            return self.json({"key": customer_id, "merged_into": state.merged_into}, status=200)
         return self.json(journey_view(state, model))
 
     @app.page("/funnel/local")

@@ -147,7 +147,9 @@ def _merge_settled(into: JourneyState, other: JourneyState) -> None:
         into.last_seen = max(into.last_seen or other.last_seen, other.last_seen)
     if other.cart and (into.cart is None or other.cart.updated_at > into.cart.updated_at):
         into.cart = other.cart
-    if other.checkout and (into.checkout is None or other.checkout.started_at > into.checkout.started_at):
+    if other.checkout and (
+        into.checkout is None or other.checkout.started_at > into.checkout.started_at
+    ):
         into.checkout = other.checkout
     o, p = into.orders, other.orders
     o.count += p.count
@@ -155,7 +157,11 @@ def _merge_settled(into: JourneyState, other: JourneyState) -> None:
     o.returns += p.returns
     o.returned_value = round(o.returned_value + p.returned_value, 2)
     if p.last_at is not None and (o.last_at is None or p.last_at > o.last_at):
-        o.last_order_id, o.last_value, o.last_currency = p.last_order_id, p.last_value, p.last_currency
+        o.last_order_id, o.last_value, o.last_currency = (
+            p.last_order_id,
+            p.last_value,
+            p.last_currency,
+        )
         o.last_at, o.last_channel = p.last_at, p.last_channel
     if other.email_opt_out:
         into.email_opt_out = True
@@ -167,8 +173,8 @@ def _merge_settled(into: JourneyState, other: JourneyState) -> None:
         (other.emails, into.emails),
         (other.loyalty_ids, into.loyalty_ids),
     ):
-        for v in src_list:
-            _add_unique(dst_list, v)
+        for ident in src_list:
+            _add_unique(dst_list, ident)
     into.late_events += other.late_events
     for event_id in other.seen_ids:
         _remember(into, event_id)
@@ -386,7 +392,9 @@ def _on_purchase(state: JourneyState, tp: Touchpoint) -> None:
 
 def _on_return(state: JourneyState, tp: Touchpoint) -> None:
     state.orders.returns += 1
-    state.orders.returned_value = round(state.orders.returned_value + abs(_value(dict(tp.properties))), 2)
+    state.orders.returned_value = round(
+        state.orders.returned_value + abs(_value(dict(tp.properties))), 2
+    )
 
 
 def _on_unsubscribe(state: JourneyState, tp: Touchpoint) -> None:

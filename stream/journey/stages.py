@@ -97,6 +97,7 @@ def parse_model(data: Mapping[str, Any], where: str = "<model>") -> StageModel:
     for label, value in (("initial", initial), ("purchase_stage", purchase)):
         if value not in stages:
             raise _fail(where, f"{label} {value!r} is not one of the stages")
+    assert isinstance(purchase, str)
     rules = []
     for i, raw in enumerate(data.get("rules", ())):
         stage = raw.get("stage")

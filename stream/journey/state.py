@@ -129,7 +129,12 @@ class JourneyState:
             "stage": self.stage,
             "stage_entered_at": self.stage_entered_at,
             "history": [
-                {"stage": v.stage, "entered_at": v.entered_at, "left_at": v.left_at, "cause": v.cause}
+                {
+                    "stage": v.stage,
+                    "entered_at": v.entered_at,
+                    "left_at": v.left_at,
+                    "cause": v.cause,
+                }
                 for v in self.history
             ],
             "first_seen": self.first_seen,

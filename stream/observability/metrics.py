@@ -40,7 +40,8 @@ DUPLICATES = Counter(
     "Exact duplicates (same event_id) dropped.",
 )
 IDENTITY_LINKS = Counter(
-    "journey_identity_links_total", "Aliases (anonymous ids, loyalty ids, emails) linked to customers."
+    "journey_identity_links_total",
+    "Aliases (anonymous ids, loyalty ids, emails) linked to customers.",
 )
 IDENTITY_MERGES = Counter(
     "journey_identity_merges_total", "Orphan journeys merged into a customer's journey."

@@ -10,8 +10,8 @@ from kafka import KafkaProducer
 
 from stream import contract
 from stream.app import all_topic_partitions
-from stream.topics import create_topics
 from stream.settings import Settings
+from stream.topics import create_topics
 from tests.helpers import read_topic, wait_for
 from tests.procs import Worker
 
