@@ -133,6 +133,12 @@ def cmd_stack(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def cmd_bench(args: argparse.Namespace, settings: Settings) -> int:
+    from loadtest import bench
+
+    return bench.main(list(args.rest))
+
+
 def cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
     from stream.demo import run_demo
 
@@ -245,6 +251,10 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="where data and logs go (default: a new folder under var/demo)",
     )
+
+    p = add("bench", cmd_bench, "Throughput benchmark: raw consumer, naive Faust agent and the "
+            "journey pipeline on the same pre-filled topic (see `journey bench -- --help`).")
+    p.add_argument("rest", nargs=argparse.REMAINDER, help="arguments for loadtest.bench")
 
     add("topics", cmd_topics, "Create every topic the engine uses (idempotent).")
     add("config", cmd_config, "Print the effective settings as JSON (secrets masked).")

@@ -1,0 +1,190 @@
+"""``journey bench``: throughput of the journey pipeline beside its baselines, in one run.
+
+On the embedded broker (or ``--broker-url``), a topic is pre-filled with
+simulated journeys (Segment-style: one message per web session or POS sale),
+then three consumers read the same topic one after the other:
+
+(a) raw: aiokafka + orjson + a dict update per event, the limit;
+(b) naive: a Faust agent doing one table write per event (memory store);
+(c) pipeline: ``journey worker`` with the full ingest + journey logic on RocksDB.
+
+Each figure is events/s between the first and the last event its consumer
+handled, measured inside that consumer. Results go to stdout and to
+``loadtest/results/bench.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+import uuid
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+from loadtest import simulator
+from loadtest.baselines import raw
+from stream.app import all_topic_partitions
+from stream.embedded import EmbeddedBroker, free_port
+from stream.settings import ROOT, Settings, load_settings, to_environ
+from stream.topics import create_topics
+
+RESULTS = ROOT / "loadtest" / "results" / "bench.json"
+DAY_MS = 86_400_000
+
+
+def metrics(url: str) -> dict[str, float]:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    try:
+        with urllib.request.urlopen(url, timeout=10) as resp:
+            text = resp.read().decode()
+    except OSError:
+        return {}
+    out: dict[str, float] = {}
+    for family in text_string_to_metric_families(text):
+        for s in family.samples:
+            out[s.name] = out.get(s.name, 0.0) + s.value
+    return out
+
+
+def run_naive(topic: str, events: int, bootstrap: str, timeout: float) -> dict[str, Any]:
+    proc = subprocess.run(
+        [sys.executable, "-m", "loadtest.baselines", "naive", topic, str(events), bootstrap],
+        cwd=ROOT, capture_output=True, text=True, timeout=timeout, check=False,
+    )
+    for line in reversed(proc.stdout.splitlines()):
+        if line.startswith("{"):
+            return json.loads(line)
+    raise RuntimeError(f"naive baseline failed:\n{proc.stdout[-2000:]}\n{proc.stderr[-2000:]}")
+
+
+def run_pipeline(settings: Settings, events: int, workdir: Path, timeout: float) -> dict[str, Any]:
+    port = free_port()
+    settings = replace(
+        settings,
+        worker=replace(settings.worker, web_port=port, data_dir=str(workdir / "worker")),
+    )
+    env = {**os.environ, **to_environ(settings)}
+    log = (workdir / "worker.log").open("wb")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "stream.cli", "worker", "--loglevel", "warning"],
+        cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
+    )
+    url = f"http://127.0.0.1:{port}/metrics"
+    deadline = time.monotonic() + timeout
+    try:
+        while True:
+            m = metrics(url)
+            if m.get("journey_events_applied_total", 0) >= events:
+                break
+            if proc.poll() is not None:
+                raise RuntimeError(f"worker exited; see {workdir / 'worker.log'}")
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"pipeline did not apply {events} events in {timeout}s: {m}")
+            time.sleep(0.5)
+        seconds = (
+            m["journey_last_event_applied_timestamp_seconds"]
+            - m["journey_first_event_applied_timestamp_seconds"]
+        )
+        return {
+            "events": events,
+            "seconds": seconds,
+            "eps": events / seconds,
+            "transitions_at_end": m.get("journey_stage_transitions_total", 0),
+        }
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+        log.close()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="journey bench", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--customers", type=int, default=50_000)
+    parser.add_argument("--min-events", type=int, default=300_000)
+    parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--broker-url", default="", help="use this broker instead of the embedded one")
+    parser.add_argument("--partitions", type=int, default=4)
+    parser.add_argument("--timeout", type=float, default=900.0)
+    parser.add_argument("--out", type=Path, default=RESULTS)
+    args = parser.parse_args(argv)
+
+    workdir = Path(tempfile.mkdtemp(prefix="journey-bench-"))
+    broker = None
+    url = args.broker_url
+    if not url:
+        broker = EmbeddedBroker(log_path=workdir / "broker.log").start()
+        url = broker.url
+    try:
+        run_id = uuid.uuid4().hex[:6]
+        base = load_settings(environ={}).with_broker(url)
+        topics = replace(
+            base.topics,
+            partitions=args.partitions,
+            **{f: f"bench-{run_id}-{getattr(base.topics, f)}" for f in (
+                "touchpoints", "resolved", "dlq", "transitions", "triggers", "timers",
+                "dispatch", "dispatch_dlq")},
+        )
+        settings = replace(base, topics=topics,
+                           worker=replace(base.worker, app_id=f"bench-{run_id}"))
+        create_topics(settings.broker.bootstrap, all_topic_partitions(settings))
+        start = int(time.time() * 1000) - 3 * DAY_MS
+        t = time.perf_counter()
+        events = simulator.generate(args.customers, seed=args.seed, start_ms=start, span_s=24 * 3600)
+        gen_s = time.perf_counter() - t
+        if len(events) < args.min_events:
+            raise SystemExit(f"only {len(events)} events for {args.customers} customers; "
+                             "raise --customers")
+        t = time.perf_counter()
+        simulator.produce(settings, events, rate=None, pack_sessions=True)
+        produce_s = time.perf_counter() - t
+        n = len(events)
+        print(f"pre-filled {settings.topics.touchpoints}: {n} events, {args.customers} customers "
+              f"(generated in {gen_s:.1f}s, produced in {produce_s:.1f}s)", flush=True)
+
+        import asyncio
+
+        raw_r = asyncio.run(raw(settings.topics.touchpoints, n, settings.broker.bootstrap))
+        print(f"(a) raw aiokafka + orjson       {raw_r['eps']:>10,.0f} events/s", flush=True)
+        naive_r = run_naive(settings.topics.touchpoints, n, settings.broker.bootstrap, args.timeout)
+        print(f"(b) naive Faust, 1 write/event  {naive_r['eps']:>10,.0f} events/s", flush=True)
+        pipe_r = run_pipeline(settings, n, workdir, args.timeout)
+        print(f"(c) journey pipeline (RocksDB)  {pipe_r['eps']:>10,.0f} events/s", flush=True)
+        result = {
+            "raw_eps": round(raw_r["eps"]),
+            "naive_eps": round(naive_r["eps"]),
+            "pipeline_eps": round(pipe_r["eps"]),
+            "pipeline_vs_naive": round(pipe_r["eps"] / naive_r["eps"], 2),
+            "pipeline_vs_raw": round(pipe_r["eps"] / raw_r["eps"], 4),
+            "events": n,
+            "customers": args.customers,
+            "partitions": args.partitions,
+            "messages": "one per web session / POS sale (Segment-style batches)",
+            "machine": f"{platform.machine()} {os.cpu_count()} cores, Python {platform.python_version()}",
+            "measured_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        }
+        print(f"pipeline / naive = {result['pipeline_vs_naive']}x, "
+              f"pipeline / raw = {result['pipeline_vs_raw']}", flush=True)
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(result, indent=2) + "\n")
+        print(f"wrote {args.out}")
+    finally:
+        if broker is not None:
+            broker.stop()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

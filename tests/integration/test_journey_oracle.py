@@ -1,0 +1,205 @@
+"""The streaming journey pipeline against its oracle (``journey replay``), on the real broker.
+
+The worker and the oracle must end with the same journey states and the same
+set of transitions for the same events, also when the worker is killed
+mid-stream and a new one (with an empty local store) recovers from the
+changelog.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+
+from loadtest import simulator
+from stream import contract
+from stream.app import all_topic_partitions
+from stream.journey.api import combine, funnel_figures
+from stream.journey.replay import run_oracle
+from stream.journey.stages import load_model
+from stream.settings import CONFIG_DIR, Settings
+from stream.topics import create_topics
+from tests.helpers import read_topic, wait_for
+from tests.procs import Worker, http_get
+
+DAY_MS = 86_400_000
+LATENESS_S = 86_400.0
+
+
+@pytest.fixture
+def journey_settings(settings: Settings) -> Settings:
+    # Lateness longer than the log's span: nothing settles while the backlog is
+    # read, everything settles once the worker is caught up and idle.
+    s = replace(settings, journey=replace(settings.journey, allowed_lateness_s=LATENESS_S, idle_s=1.0))
+    create_topics(s.broker.bootstrap, all_topic_partitions(s))
+    return s
+
+
+def simulated_log(customers: int, seed: int) -> list[contract.Touchpoint]:
+    start = int(time.time() * 1000) - 3 * DAY_MS
+    events = simulator.generate(customers, seed=seed, start_ms=start, span_s=6 * 3600)
+    return [contract.parse(e) for e in events]
+
+
+def oracle_for(events: list[contract.Touchpoint], settings: Settings) -> Any:
+    model = load_model(settings.journey.stage_model, CONFIG_DIR / "stages")
+    until = int(time.time() * 1000) - int(settings.journey.allowed_lateness_s * 1000)
+    return run_oracle(events, model, int(settings.journey.allowed_lateness_s * 1000), until)
+
+
+def produce(settings: Settings, events: list[contract.Touchpoint]) -> None:
+    simulator.produce(settings, [e.to_dict() for e in events], rate=None, pack_sessions=True)
+
+
+def streamed_transitions(settings: Settings) -> set[tuple]:
+    records = read_topic(settings.broker.bootstrap, settings.topics.transitions, timeout_s=30)
+    return {
+        (t["customer_id"], t["from"], t["to"], t["at"], t["cause_event_id"])
+        for r in records
+        for t in orjson.loads(r.value)
+    }
+
+
+def oracle_transitions(oracle: Any) -> set[tuple]:
+    return {
+        (t.customer_id, t.from_stage, t.to_stage, t.at, t.cause_event_id)
+        for t in oracle.transitions
+    }
+
+
+def wait_settled(worker: Worker, settings: Settings, expected: set[tuple], timeout: float) -> set[tuple]:
+    """Wait until the transitions topic holds at least the expected number of transitions."""
+    return wait_for(
+        lambda: streamed_transitions(settings),
+        lambda got: len(got) >= len(expected),
+        timeout_s=timeout,
+        every_s=1.0,
+    )
+
+
+def comparable(state: dict) -> dict:
+    keep = ("stage", "events", "counts_by_type", "orders", "cart", "history", "merged_from")
+    out = {k: state[k] for k in keep}
+    out["merged_from"] = sorted(out["merged_from"])
+    return out
+
+
+def assert_states_equal(worker: Worker, oracle: Any) -> None:
+    mismatches = []
+    for state in oracle.final_states():
+        status, body = http_get(f"{worker.url}/customers/{state.key}/journey")
+        want = comparable(state.summary())
+        if status != 200 or comparable(body) != want:
+            mismatches.append((state.key, status, body if status != 200 else comparable(body), want))
+    assert not mismatches, f"{len(mismatches)} journeys differ, first: {mismatches[0]}"
+
+
+def test_stream_equals_oracle(journey_settings: Settings, tmp_path: Path) -> None:
+    events = simulated_log(customers=700, seed=7)
+    assert len(events) >= 5000
+    oracle = oracle_for(events, journey_settings)
+    produce(journey_settings, events)
+
+    worker = Worker(journey_settings, tmp_path / "worker.log")
+    try:
+        worker.start().wait_ready()
+        expected = oracle_transitions(oracle)
+        got = wait_settled(worker, journey_settings, expected, timeout=180)
+        assert got == expected
+        assert_states_equal(worker, oracle)
+
+        model = load_model(journey_settings.journey.stage_model, CONFIG_DIR / "stages")
+        status, funnel = http_get(f"{worker.url}/funnel")
+        assert status == 200
+        assert funnel == orjson.loads(
+            orjson.dumps(combine([funnel_figures(oracle.final_states(), model)], model))
+        )
+        status, body = http_get(f"{worker.url}/customers/nobody-at-all/journey")
+        assert status == 404 and "error" in body
+        populations = {s: worker.metric("journey_stage_customers", stage=s) for s in model.all_stages}
+        want = {s: 0.0 for s in model.all_stages}
+        for state in oracle.final_states():
+            want[state.stage] += 1
+        assert populations == want
+    finally:
+        worker.stop()
+
+
+def test_worker_killed_mid_stream_recovers_from_changelog(
+    journey_settings: Settings, tmp_path: Path
+) -> None:
+    events = simulated_log(customers=700, seed=11)
+    oracle = oracle_for(events, journey_settings)
+    half = len(events) // 2
+    produce(journey_settings, events[:half])
+
+    first = Worker(journey_settings, tmp_path / "worker-1.log")
+    first.start().wait_ready()
+    wait_for(
+        lambda: first.metric("journey_events_applied_total"),
+        lambda n: n >= half // 3,
+        timeout_s=120,
+    )
+    produce(journey_settings, events[half:])
+    first.kill()
+
+    # A new worker with an empty local store: its state can only come from the changelog.
+    fresh = replace(
+        journey_settings,
+        worker=replace(journey_settings.worker, data_dir=str(tmp_path / "worker-2-data")),
+    )
+    second = Worker(fresh, tmp_path / "worker-2.log")
+    try:
+        second.start().wait_ready()
+        expected = oracle_transitions(oracle)
+        got = wait_settled(second, fresh, expected, timeout=240)
+        assert got == expected
+        assert_states_equal(second, oracle)
+    finally:
+        second.stop()
+
+
+def test_web_and_pos_events_of_one_person_end_in_one_journey(
+    journey_settings: Settings, tmp_path: Path
+) -> None:
+    t0 = int(time.time() * 1000) - 2 * DAY_MS
+    raw = [
+        {"event_id": "w1", "type": "page_view", "channel": "web", "timestamp": t0,
+         "anonymous_id": "device-9"},
+        {"event_id": "w2", "type": "product_view", "channel": "web", "timestamp": t0 + 60_000,
+         "anonymous_id": "device-9", "properties": {"sku": "SKU-7", "price": 40.0}},
+        {"event_id": "w3", "type": "identify", "channel": "web", "timestamp": t0 + 120_000,
+         "anonymous_id": "device-9", "customer_id": "cust-9",
+         "properties": {"email": "nine@example.com", "loyalty_id": "LOY-9", "first_name": "Nina"}},
+        {"event_id": "p1", "type": "pos_purchase", "channel": "pos", "timestamp": t0 + 3_600_000,
+         "properties": {"loyalty_id": "LOY-9", "store_id": "S-1", "order_id": "R-1", "value": 40.0,
+                        "currency": "EUR", "products": [{"sku": "SKU-7", "price": 40.0, "quantity": 1}]}},
+    ]
+    events = [contract.parse(e) for e in raw]
+    produce(journey_settings, events)
+    worker = Worker(journey_settings, tmp_path / "worker.log")
+    try:
+        worker.start().wait_ready()
+        state = wait_for(
+            lambda: http_get(f"{worker.url}/customers/cust-9/journey"),
+            lambda r: r[0] == 200 and r[1]["events"] == 4 and r[1]["pending_events"] == 0,
+            timeout_s=90,
+        )[1]
+        assert state["stage"] == "purchase"
+        assert state["orders"]["count"] == 1
+        assert state["counts_by_channel"] == {"web": 3, "pos": 1}
+        assert state["loyalty_ids"] == ["LOY-9"]
+        assert state["anonymous_ids"] == ["device-9"]
+        assert [v["stage"] for v in state["history"]] == [
+            "awareness", "consideration", "purchase"
+        ]
+        for orphan in ("anon:device-9", "loyalty:LOY-9"):
+            status, body = http_get(f"{worker.url}/customers/{orphan}/journey")
+            assert status == 404 or body.get("merged_into") == "cust-9", (orphan, status, body)
+    finally:
+        worker.stop()
