@@ -58,7 +58,11 @@ def metrics(url: str) -> dict[str, float]:
 def run_naive(topic: str, events: int, bootstrap: str, timeout: float) -> dict[str, Any]:
     proc = subprocess.run(
         [sys.executable, "-m", "loadtest.baselines", "naive", topic, str(events), bootstrap],
-        cwd=ROOT, capture_output=True, text=True, timeout=timeout, check=False,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
     )
     for line in reversed(proc.stdout.splitlines()):
         if line.startswith("{"):
@@ -76,7 +80,10 @@ def run_pipeline(settings: Settings, events: int, workdir: Path, timeout: float)
     log = (workdir / "worker.log").open("wb")
     proc = subprocess.Popen(
         [sys.executable, "-m", "stream.cli", "worker", "--loglevel", "warning"],
-        cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
+        cwd=ROOT,
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
     )
     url = f"http://127.0.0.1:{port}/metrics"
     deadline = time.monotonic() + timeout
@@ -110,12 +117,17 @@ def run_pipeline(settings: Settings, events: int, workdir: Path, timeout: float)
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="journey bench", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="journey bench",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.add_argument("--customers", type=int, default=50_000)
     parser.add_argument("--min-events", type=int, default=300_000)
     parser.add_argument("--seed", type=int, default=1)
-    parser.add_argument("--broker-url", default="", help="use this broker instead of the embedded one")
+    parser.add_argument(
+        "--broker-url", default="", help="use this broker instead of the embedded one"
+    )
     parser.add_argument("--partitions", type=int, default=4)
     parser.add_argument("--timeout", type=float, default=900.0)
     parser.add_argument("--out", type=Path, default=RESULTS)
@@ -133,26 +145,43 @@ def main(argv: list[str] | None = None) -> int:
         topics = replace(
             base.topics,
             partitions=args.partitions,
-            **{f: f"bench-{run_id}-{getattr(base.topics, f)}" for f in (
-                "touchpoints", "resolved", "dlq", "transitions", "triggers", "timers",
-                "dispatch", "dispatch_dlq")},
+            **{
+                f: f"bench-{run_id}-{getattr(base.topics, f)}"
+                for f in (
+                    "touchpoints",
+                    "resolved",
+                    "dlq",
+                    "transitions",
+                    "triggers",
+                    "timers",
+                    "dispatch",
+                    "dispatch_dlq",
+                )
+            },
         )
-        settings = replace(base, topics=topics,
-                           worker=replace(base.worker, app_id=f"bench-{run_id}"))
+        settings = replace(
+            base, topics=topics, worker=replace(base.worker, app_id=f"bench-{run_id}")
+        )
         create_topics(settings.broker.bootstrap, all_topic_partitions(settings))
         start = int(time.time() * 1000) - 3 * DAY_MS
         t = time.perf_counter()
-        events = simulator.generate(args.customers, seed=args.seed, start_ms=start, span_s=24 * 3600)
+        events = simulator.generate(
+            args.customers, seed=args.seed, start_ms=start, span_s=24 * 3600
+        )
         gen_s = time.perf_counter() - t
         if len(events) < args.min_events:
-            raise SystemExit(f"only {len(events)} events for {args.customers} customers; "
-                             "raise --customers")
+            raise SystemExit(
+                f"only {len(events)} events for {args.customers} customers; raise --customers"
+            )
         t = time.perf_counter()
         simulator.produce(settings, events, rate=None, pack_sessions=True)
         produce_s = time.perf_counter() - t
         n = len(events)
-        print(f"pre-filled {settings.topics.touchpoints}: {n} events, {args.customers} customers "
-              f"(generated in {gen_s:.1f}s, produced in {produce_s:.1f}s)", flush=True)
+        print(
+            f"pre-filled {settings.topics.touchpoints}: {n} events, {args.customers} customers "
+            f"(generated in {gen_s:.1f}s, produced in {produce_s:.1f}s)",
+            flush=True,
+        )
 
         import asyncio
 
@@ -175,8 +204,11 @@ def main(argv: list[str] | None = None) -> int:
             "machine": f"{platform.machine()} {os.cpu_count()} cores, Python {platform.python_version()}",
             "measured_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         }
-        print(f"pipeline / naive = {result['pipeline_vs_naive']}x, "
-              f"pipeline / raw = {result['pipeline_vs_raw']}", flush=True)
+        print(
+            f"pipeline / naive = {result['pipeline_vs_naive']}x, "
+            f"pipeline / raw = {result['pipeline_vs_raw']}",
+            flush=True,
+        )
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps(result, indent=2) + "\n")
         print(f"wrote {args.out}")

@@ -252,8 +252,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="where data and logs go (default: a new folder under var/demo)",
     )
 
-    p = add("bench", cmd_bench, "Throughput benchmark: raw consumer, naive Faust agent and the "
-            "journey pipeline on the same pre-filled topic (see `journey bench -- --help`).")
+    p = add(
+        "bench",
+        cmd_bench,
+        "Throughput benchmark: raw consumer, naive Faust agent and the "
+        "journey pipeline on the same pre-filled topic (see `journey bench -- --help`).",
+    )
     p.add_argument("rest", nargs=argparse.REMAINDER, help="arguments for loadtest.bench")
 
     add("topics", cmd_topics, "Create every topic the engine uses (idempotent).")

@@ -71,6 +71,8 @@ class JourneyShell:
         self.stage_counts: dict[int, dict[str, int]] = defaultdict(lambda: defaultdict(int))
         self._gauge_partitions: set[int] = set()
         self._first_applied = False
+        self._caught_up_since: float | None = None
+        self._input_read = False
 
     # -- table ------------------------------------------------------------
     def load(self, key: str) -> JourneyState | None:
@@ -91,24 +93,41 @@ class JourneyShell:
 
     # -- watermark ------------------------------------------------------------
     def caught_up(self) -> bool:
-        """True when every partition this worker consumes is read to its end."""
+        """True once the worker has stayed read to the end of its input for ``idle_s``.
+
+        The end offsets come from the broker on every timer tick (the fetcher's
+        cached high watermarks can be over a second old), and the worker must
+        *stay* caught up for ``idle_s``, which covers messages it is itself
+        about to add (identity links and merges) that no end offset shows yet.
+        """
+        if not self._input_read:
+            self._caught_up_since = None
+            return False
+        t = time.monotonic()
+        if self._caught_up_since is None:
+            self._caught_up_since = t
+        return t - self._caught_up_since >= self.settings.journey.idle_s
+
+    async def refresh_progress(self) -> None:
+        """Ask the broker for end offsets and record whether all input is read."""
         consumer = self.app.consumer
         names = {self.settings.topics.touchpoints, self.settings.topics.resolved}
-        for tp in consumer.assignment():
-            if tp.topic not in names:
-                continue
-            hw = consumer.highwater(tp)
-            if hw is None:
-                return False
+        tps = [tp for tp in consumer.assignment() if tp.topic in names]
+        if not tps:
+            self._input_read = False
+            return
+        ends = await consumer.highwaters(*tps)
+        # Nothing processed yet this session: where the consumer was seeked to.
+        read_offsets = getattr(consumer, "_read_offset", {})
+        read = self.app.producer.buffer.pending.qsize() == 0
+        for tp in tps:
             done = self.processed.get(tp)
-            # Nothing processed yet this session: where the consumer was seeked to.
-            read_offsets = getattr(consumer, "_read_offset", {})
-            position = done + 1 if done is not None else read_offsets.get(tp)
-            if position is None:
-                position = 0
-            if position < hw:
-                return False
-        return True
+            position = done + 1 if done is not None else (read_offsets.get(tp) or 0)
+            end = ends.get(tp)
+            if end is None or position < end:
+                read = False
+                break
+        self._input_read = read
 
     def watermark(self, partition: int) -> int:
         return self.clocks[partition].watermark(now_ms(), self.caught_up())
@@ -233,7 +252,9 @@ class JourneyShell:
     async def tick(self) -> None:
         """Send check messages for journeys due in partitions this worker owns."""
         if self.app.rebalancing or self.app.in_recovery:
+            self._input_read = False
             return
+        await self.refresh_progress()
         caught_up = self.caught_up()
         t = now_ms()
         actives = self.active_partitions()

@@ -35,7 +35,9 @@ LATENESS_S = 86_400.0
 def journey_settings(settings: Settings) -> Settings:
     # Lateness longer than the log's span: nothing settles while the backlog is
     # read, everything settles once the worker is caught up and idle.
-    s = replace(settings, journey=replace(settings.journey, allowed_lateness_s=LATENESS_S, idle_s=1.0))
+    s = replace(
+        settings, journey=replace(settings.journey, allowed_lateness_s=LATENESS_S, idle_s=1.0)
+    )
     create_topics(s.broker.bootstrap, all_topic_partitions(s))
     return s
 
@@ -72,7 +74,9 @@ def oracle_transitions(oracle: Any) -> set[tuple]:
     }
 
 
-def wait_settled(worker: Worker, settings: Settings, expected: set[tuple], timeout: float) -> set[tuple]:
+def wait_settled(
+    worker: Worker, settings: Settings, expected: set[tuple], timeout: float
+) -> set[tuple]:
     """Wait until the transitions topic holds at least the expected number of transitions."""
     return wait_for(
         lambda: streamed_transitions(settings),
@@ -83,10 +87,10 @@ def wait_settled(worker: Worker, settings: Settings, expected: set[tuple], timeo
 
 
 def comparable(state: dict) -> dict:
-    keep = ("stage", "events", "counts_by_type", "orders", "cart", "history", "merged_from")
-    out = {k: state[k] for k in keep}
-    out["merged_from"] = sorted(out["merged_from"])
-    return out
+    # merged_from is left out: whether a loyalty card's sale met the link first or
+    # became a small journey merged later depends on arrival order; the result does not.
+    keep = ("stage", "events", "counts_by_type", "orders", "cart", "history", "anonymous_ids")
+    return {k: state[k] for k in keep}
 
 
 def assert_states_equal(worker: Worker, oracle: Any) -> None:
@@ -95,12 +99,14 @@ def assert_states_equal(worker: Worker, oracle: Any) -> None:
         status, body = http_get(f"{worker.url}/customers/{state.key}/journey")
         want = comparable(state.summary())
         if status != 200 or comparable(body) != want:
-            mismatches.append((state.key, status, body if status != 200 else comparable(body), want))
+            mismatches.append(
+                (state.key, status, body if status != 200 else comparable(body), want)
+            )
     assert not mismatches, f"{len(mismatches)} journeys differ, first: {mismatches[0]}"
 
 
 def test_stream_equals_oracle(journey_settings: Settings, tmp_path: Path) -> None:
-    events = simulated_log(customers=700, seed=7)
+    events = simulated_log(customers=800, seed=7)
     assert len(events) >= 5000
     oracle = oracle_for(events, journey_settings)
     produce(journey_settings, events)
@@ -121,11 +127,17 @@ def test_stream_equals_oracle(journey_settings: Settings, tmp_path: Path) -> Non
         )
         status, body = http_get(f"{worker.url}/customers/nobody-at-all/journey")
         assert status == 404 and "error" in body
-        populations = {s: worker.metric("journey_stage_customers", stage=s) for s in model.all_stages}
-        want = {s: 0.0 for s in model.all_stages}
+        want = dict.fromkeys(model.all_stages, 0.0)
         for state in oracle.final_states():
             want[state.stage] += 1
-        assert populations == want
+        # The gauge is refreshed by the worker's timer, so wait for it to catch up.
+        wait_for(
+            lambda: {
+                s: worker.metric("journey_stage_customers", stage=s) for s in model.all_stages
+            },
+            lambda populations: populations == want,
+            timeout_s=10,
+        )
     finally:
         worker.stop()
 
@@ -133,7 +145,7 @@ def test_stream_equals_oracle(journey_settings: Settings, tmp_path: Path) -> Non
 def test_worker_killed_mid_stream_recovers_from_changelog(
     journey_settings: Settings, tmp_path: Path
 ) -> None:
-    events = simulated_log(customers=700, seed=11)
+    events = simulated_log(customers=800, seed=11)
     oracle = oracle_for(events, journey_settings)
     half = len(events) // 2
     produce(journey_settings, events[:half])
@@ -169,16 +181,48 @@ def test_web_and_pos_events_of_one_person_end_in_one_journey(
 ) -> None:
     t0 = int(time.time() * 1000) - 2 * DAY_MS
     raw = [
-        {"event_id": "w1", "type": "page_view", "channel": "web", "timestamp": t0,
-         "anonymous_id": "device-9"},
-        {"event_id": "w2", "type": "product_view", "channel": "web", "timestamp": t0 + 60_000,
-         "anonymous_id": "device-9", "properties": {"sku": "SKU-7", "price": 40.0}},
-        {"event_id": "w3", "type": "identify", "channel": "web", "timestamp": t0 + 120_000,
-         "anonymous_id": "device-9", "customer_id": "cust-9",
-         "properties": {"email": "nine@example.com", "loyalty_id": "LOY-9", "first_name": "Nina"}},
-        {"event_id": "p1", "type": "pos_purchase", "channel": "pos", "timestamp": t0 + 3_600_000,
-         "properties": {"loyalty_id": "LOY-9", "store_id": "S-1", "order_id": "R-1", "value": 40.0,
-                        "currency": "EUR", "products": [{"sku": "SKU-7", "price": 40.0, "quantity": 1}]}},
+        {
+            "event_id": "w1",
+            "type": "page_view",
+            "channel": "web",
+            "timestamp": t0,
+            "anonymous_id": "device-9",
+        },
+        {
+            "event_id": "w2",
+            "type": "product_view",
+            "channel": "web",
+            "timestamp": t0 + 60_000,
+            "anonymous_id": "device-9",
+            "properties": {"sku": "SKU-7", "price": 40.0},
+        },
+        {
+            "event_id": "w3",
+            "type": "identify",
+            "channel": "web",
+            "timestamp": t0 + 120_000,
+            "anonymous_id": "device-9",
+            "customer_id": "cust-9",
+            "properties": {
+                "email": "nine@example.com",
+                "loyalty_id": "LOY-9",
+                "first_name": "Nina",
+            },
+        },
+        {
+            "event_id": "p1",
+            "type": "pos_purchase",
+            "channel": "pos",
+            "timestamp": t0 + 3_600_000,
+            "properties": {
+                "loyalty_id": "LOY-9",
+                "store_id": "S-1",
+                "order_id": "R-1",
+                "value": 40.0,
+                "currency": "EUR",
+                "products": [{"sku": "SKU-7", "price": 40.0, "quantity": 1}],
+            },
+        },
     ]
     events = [contract.parse(e) for e in raw]
     produce(journey_settings, events)
@@ -195,9 +239,7 @@ def test_web_and_pos_events_of_one_person_end_in_one_journey(
         assert state["counts_by_channel"] == {"web": 3, "pos": 1}
         assert state["loyalty_ids"] == ["LOY-9"]
         assert state["anonymous_ids"] == ["device-9"]
-        assert [v["stage"] for v in state["history"]] == [
-            "awareness", "consideration", "purchase"
-        ]
+        assert [v["stage"] for v in state["history"]] == ["awareness", "consideration", "purchase"]
         for orphan in ("anon:device-9", "loyalty:LOY-9"):
             status, body = http_get(f"{worker.url}/customers/{orphan}/journey")
             assert status == 404 or body.get("merged_into") == "cust-9", (orphan, status, body)
