@@ -142,23 +142,20 @@ def main(argv: list[str] | None = None) -> int:
     try:
         run_id = uuid.uuid4().hex[:6]
         base = load_settings(environ={}).with_broker(url)
-        topics = replace(
-            base.topics,
-            partitions=args.partitions,
-            **{
-                f: f"bench-{run_id}-{getattr(base.topics, f)}"
-                for f in (
-                    "touchpoints",
-                    "resolved",
-                    "dlq",
-                    "transitions",
-                    "triggers",
-                    "timers",
-                    "dispatch",
-                    "dispatch_dlq",
-                )
-            },
-        )
+        names: dict[str, Any] = {
+            f: f"bench-{run_id}-{getattr(base.topics, f)}"
+            for f in (
+                "touchpoints",
+                "resolved",
+                "dlq",
+                "transitions",
+                "triggers",
+                "timers",
+                "dispatch",
+                "dispatch_dlq",
+            )
+        }
+        topics = replace(base.topics, partitions=args.partitions, **names)
         settings = replace(
             base, topics=topics, worker=replace(base.worker, app_id=f"bench-{run_id}")
         )
@@ -201,7 +198,9 @@ def main(argv: list[str] | None = None) -> int:
             "customers": args.customers,
             "partitions": args.partitions,
             "messages": "one per web session / POS sale (Segment-style batches)",
-            "machine": f"{platform.machine()} {os.cpu_count()} cores, Python {platform.python_version()}",
+            "machine": (
+                f"{platform.machine()} {os.cpu_count()} cores, Python {platform.python_version()}"
+            ),
             "measured_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         }
         print(

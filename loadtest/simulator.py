@@ -217,7 +217,9 @@ class _Customer:
         ids = "customer" if by == "customer" else "none"
         self.emit("store_visit", channel="pos", ids=ids, store_id=store, **self._alias(by))
         items = [self.product() for _ in range(self.rng.randint(1, 3))]
-        products = [{"sku": s, "name": n, "price": p, "quantity": 1} for s, n, p in items]
+        products: list[dict[str, Any]] = [
+            {"sku": s, "name": n, "price": p, "quantity": 1} for s, n, p in items
+        ]
         self.emit(
             "pos_purchase",
             channel="pos",
@@ -225,7 +227,7 @@ class _Customer:
             store_id=store,
             register=f"R{self.rng.randint(1, 6)}",
             order_id=f"rcpt-{self.seed}-{self.n}-{self.session}",
-            value=round(sum(p["price"] for p in products), 2),
+            value=round(sum(float(p["price"]) for p in products), 2),
             currency="EUR",
             products=products,
             **self._alias(by),
