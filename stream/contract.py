@@ -12,7 +12,7 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import orjson
@@ -51,6 +51,8 @@ INTERNAL_SOURCE = "journey"
 #: Event time outside this range is almost always a unit mistake (seconds vs ms).
 MIN_TIMESTAMP_MS = 946_684_800_000  # 2000-01-01
 MAX_TIMESTAMP_MS = 4_102_444_800_000  # 2100-01-01
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 MAX_ID_LENGTH = 256
 MAX_EVENT_BYTES = 32 * 1024
@@ -176,7 +178,8 @@ def parse_timestamp(value: Any) -> int:
         if dt.tzinfo is None:
             raise InvalidTouchpoint("timestamp has no UTC offset", "timestamp")
         try:
-            ms = int(dt.astimezone(UTC).timestamp() * 1000)
+            # Exact integer arithmetic: float seconds * 1000 loses a millisecond now and then.
+            ms = (dt - _EPOCH) // timedelta(milliseconds=1)
         except (OverflowError, ValueError):
             raise InvalidTouchpoint(
                 f"timestamp {value[:64]!r} is out of range", "timestamp"
@@ -238,7 +241,7 @@ def parse(obj: Any) -> Touchpoint:
     if len(type_) > 64:
         raise InvalidTouchpoint("type is longer than 64 characters", "type")
     channel = obj.get("channel")
-    if channel not in CHANNELS:
+    if not isinstance(channel, str) or channel not in CHANNELS:
         raise InvalidTouchpoint(
             f"channel must be one of {', '.join(sorted(CHANNELS))}, got {str(channel)[:32]!r}",
             "channel",
@@ -269,8 +272,8 @@ def parse(obj: Any) -> Touchpoint:
     source = obj.get("source")
     if source is not None and not isinstance(source, str):
         raise InvalidTouchpoint("source must be a string", "source")
-    if type_ in INTERNAL_TYPES and source != INTERNAL_SOURCE:
-        raise InvalidTouchpoint(f"type {type_!r} is reserved for the engine", "type")
+    if type_ in INTERNAL_TYPES:
+        _check_internal(type_, source, properties)
     _check_properties(properties)
     return Touchpoint(
         event_id=event_id,
@@ -286,13 +289,44 @@ def parse(obj: Any) -> Touchpoint:
     )
 
 
+_INTERNAL_FIELDS = {"link": ("customer_id",), "merge": ("into", "alias"), "merge_in": ("alias",)}
+
+
+def _check_internal(type_: str, source: Any, props: Mapping[str, Any]) -> None:
+    if source != INTERNAL_SOURCE:
+        raise InvalidTouchpoint(f"type {type_!r} is reserved for the engine", "type")
+    for name in _INTERNAL_FIELDS[type_]:
+        if not isinstance(props.get(name), str) or not props[name]:
+            raise InvalidTouchpoint(f"{type_} needs properties.{name}", "properties")
+
+
+def _is_number(value: Any) -> bool:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return False
+    try:
+        return math.isfinite(value)
+    except OverflowError:  # an int too large for a float
+        return False
+
+
+def _finite(value: Any) -> bool:
+    """No NaN or infinity anywhere inside (JSON cannot carry them back out)."""
+    if isinstance(value, float):
+        return math.isfinite(value)
+    if isinstance(value, dict):
+        return all(_finite(v) for v in value.values())
+    if isinstance(value, list):
+        return all(_finite(v) for v in value)
+    return True
+
+
 def _check_properties(props: Mapping[str, Any]) -> None:
     for name in ("price", "value", "revenue", "total"):
         v = props.get(name)
-        if v is not None and (
-            isinstance(v, bool) or not isinstance(v, int | float) or not math.isfinite(v)
-        ):
+        if v is not None and not _is_number(v):
             raise InvalidTouchpoint(f"properties.{name} must be a finite number", "properties")
+    if not _finite(props):
+        raise InvalidTouchpoint("properties hold a NaN or infinite number", "properties")
     q = props.get("quantity")
     if q is not None and (isinstance(q, bool) or not isinstance(q, int) or q < 0):
         raise InvalidTouchpoint("properties.quantity must be a non-negative integer", "properties")

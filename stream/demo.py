@@ -32,7 +32,7 @@ from stream.settings import ROOT, Settings, to_environ
 from stream.topics import create_topics
 
 #: Share of simulated web calls sent with one malformed message, to show the DLQ.
-BAD_CALL_RATE = 0.02
+BAD_CALL_RATE = 0.05
 REFRESH_S = 2.0
 
 

@@ -25,14 +25,14 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-FAR_FUTURE = 2**62
-
 
 def journey_view(state: JourneyState, model: StageModel) -> dict[str, Any]:
     """Settled journey plus the stage it will have once pending events settle."""
     out = state.summary()
     if state.pending:
-        provisional, _ = rules.advance(copy.deepcopy(state), FAR_FUTURE, model)
+        # Up to the newest pending event only: further would also fire the lapse rule.
+        horizon = state.pending[-1].timestamp
+        provisional, _ = rules.advance(copy.deepcopy(state), horizon, model)
         out["provisional_stage"] = provisional.stage
     else:
         out["provisional_stage"] = state.stage

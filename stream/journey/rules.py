@@ -51,8 +51,9 @@ def apply(
     """Take one touchpoint in; returns transitions only for late events."""
     if is_duplicate(state, tp):
         return state, []
-    if tp.timestamp < state.settled_until:
-        # Too late to be placed in order: apply now, never back in time.
+    if tp.timestamp <= state.settled_until:
+        # Too late to be placed in order (events up to settled_until are already
+        # folded, ties included): apply now, never back in time.
         state.late_events += 1
         transitions = _step(state, tp, model, at=max(tp.timestamp, state.stage_entered_at))
         _remember(state, tp.event_id)
@@ -90,7 +91,8 @@ def next_due(state: JourneyState, model: StageModel) -> int | None:
     lapse_at = _lapse_at(state, model)
     if lapse_at is not None:
         due.append(lapse_at)
-    return min(due) if due else None
+    # Anything at or before settled_until is acted on by the next advance past it.
+    return max(min(due), state.settled_until + 1) if due else None
 
 
 def run(
@@ -119,9 +121,15 @@ def merge(
     if alias in into.merged_from:
         return into, []
     into.merged_from.append(alias)
-    for tp in other.pending:
-        into, _ = apply(into, tp, model)
     transitions: list[Transition] = []
+    if other.settled_until > into.settled_until:
+        # Settle the customer's own events up to where the orphan already is, so
+        # entering the orphan's stage below cannot come before them.
+        into, out = advance(into, other.settled_until, model)
+        transitions.extend(out)
+    for tp in other.pending:
+        into, out = apply(into, tp, model)
+        transitions.extend(out)
     if other.events:
         _merge_settled(into, other)
         if other.stage is not None and (
@@ -194,6 +202,7 @@ def _add_unique(values: list[str], value: str) -> None:
 
 def _enter(state: JourneyState, stage: str, at: int, cause: str) -> list[Transition]:
     prev = state.stage
+    at = max(at, state.stage_entered_at)  # never back in time
     if state.history:
         state.history[-1].left_at = at
     state.history.append(StageVisit(stage=stage, entered_at=at, cause=cause))
@@ -302,6 +311,11 @@ def _record(state: JourneyState, tp: Touchpoint) -> None:
 
 
 def _items(props: dict) -> list[CartItem]:
+    return [item for item, _ in _items_with_quantity(props)]
+
+
+def _items_with_quantity(props: dict) -> list[tuple[CartItem, bool]]:
+    """Line items of an event, each with whether it stated a quantity."""
     raw = props.get("products")
     if not isinstance(raw, list):
         raw = [props]
@@ -315,11 +329,14 @@ def _items(props: dict) -> list[CartItem]:
         price = p.get("price", 0.0)
         qty = p.get("quantity", 1)
         items.append(
-            CartItem(
-                sku=str(sku),
-                name=str(p.get("name") or ""),
-                price=float(price) if isinstance(price, int | float) else 0.0,
-                quantity=qty if isinstance(qty, int) and qty >= 0 else 1,
+            (
+                CartItem(
+                    sku=str(sku),
+                    name=str(p.get("name") or ""),
+                    price=float(price) if isinstance(price, int | float) else 0.0,
+                    quantity=qty if isinstance(qty, int) and qty >= 0 else 1,
+                ),
+                "quantity" in p,
             )
         )
     return items
@@ -347,11 +364,11 @@ def _on_remove(state: JourneyState, tp: Touchpoint) -> None:
     cart = state.cart
     if cart is None:
         return
-    for item in _items(dict(tp.properties)):
+    for item, stated in _items_with_quantity(dict(tp.properties)):
         held = cart.items.get(item.sku)
         if held is None:
             continue
-        removed = item.quantity if "quantity" in tp.properties else held.quantity
+        removed = item.quantity if stated else held.quantity
         held.quantity -= removed
         if held.quantity <= 0:
             del cart.items[item.sku]

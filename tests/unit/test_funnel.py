@@ -207,10 +207,6 @@ def test_journey_view_shows_the_provisional_stage_without_settling() -> None:
     assert view["pending_events"] == 0
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: journey_view advances to FAR_FUTURE: a buyer's provisional stage is 'lapsed'",
-)
 def test_provisional_stage_of_a_pending_purchase_is_purchase() -> None:
     view = journey_view(pending_journey("purchase"), FIVE)
     assert view["provisional_stage"] == "purchase"

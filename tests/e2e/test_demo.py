@@ -1,0 +1,52 @@
+"""The whole stack through its CLI: ``journey demo`` runs, reports and cleans up."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+from stream.settings import ROOT
+
+
+def test_demo_runs_the_whole_stack_and_exits_cleanly(tmp_path: Path) -> None:
+    workdir = tmp_path / "demo"
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "stream.cli",
+            "demo",
+            "--duration",
+            "25",
+            "--rate",
+            "15",
+            "--workdir",
+            str(workdir),
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=240,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    out = proc.stdout
+    start = out.index('{\n  "seconds"')
+    report = json.loads(out[start : out.index("\n}", start) + 2])
+    ingested = report["events_ingested"]
+    assert ingested.get("web", 0) > 0, report
+    assert ingested.get("pos", 0) > 0, report
+    # Web events were accepted by the collector and reached the worker.
+    assert report["collector_responses"].get("200", 0) > 0
+    # The deliberately malformed calls were answered 400 and dead-lettered.
+    assert report["collector_responses"].get("400", 0) > 0
+    assert report["transitions"] > 0
+    assert report["funnel"]["customers"] > 0
+    assert "events in" in out and "stages now" in out
+    # Nothing of the demo is left running.
+    leftover = subprocess.run(
+        ["pgrep", "-f", str(workdir)], capture_output=True, text=True, check=False
+    )
+    assert leftover.stdout.strip() == ""
