@@ -142,6 +142,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         run_id = uuid.uuid4().hex[:6]
         base = load_settings(environ={}).with_broker(url)
+        if broker is not None:  # Tansu: see WorkerSettings.recovery_consistency_check
+            base = replace(base, worker=replace(base.worker, recovery_consistency_check=False))
         names: dict[str, Any] = {
             f: f"bench-{run_id}-{getattr(base.topics, f)}"
             for f in (

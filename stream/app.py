@@ -82,6 +82,7 @@ def faust_app(
         canonical_url=f"http://{w.web_host}:{web_port if web_port is not None else w.web_port}",
         consumer_auto_offset_reset="earliest",
         stream_wait_empty=False,
+        recovery_consistency_check=w.recovery_consistency_check,
     )
 
 

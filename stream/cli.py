@@ -18,6 +18,7 @@ import json
 import logging
 import sys
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 from pathlib import Path
 
 from stream.settings import Settings, as_dict, load_settings
@@ -34,7 +35,9 @@ def resolve_broker(settings: Settings) -> Settings:
     stack = settings.path(STACK_FILE)
     if stack.exists():
         info = json.loads(stack.read_text())
-        return settings.with_broker(info["broker_url"])
+        embedded = settings.with_broker(info["broker_url"])
+        # Tansu under-reports end offsets after batched writes; see WorkerSettings.
+        return replace(embedded, worker=replace(embedded.worker, recovery_consistency_check=False))
     raise SystemExit(
         "No broker configured: set JOURNEY_BROKER_URL (e.g. kafka://localhost:9092), "
         "or start the embedded one with `journey stack` in another terminal, "
@@ -80,8 +83,6 @@ def cmd_collector(args: argparse.Namespace, settings: Settings) -> int:
 
     settings = resolve_broker(settings)
     if args.port is not None:
-        from dataclasses import replace
-
         settings = replace(settings, collector=replace(settings.collector, port=args.port))
     run(settings)
     return 0

@@ -28,6 +28,7 @@ from typing import Any
 
 from stream.app import all_topic_partitions
 from stream.embedded import EmbeddedStack, free_port
+from stream.embedded.stack import parent_death_hook
 from stream.settings import ROOT, Settings, to_environ
 from stream.topics import create_topics
 
@@ -51,6 +52,7 @@ class Child:
                 stdout=fh,
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,
+                preexec_fn=parent_death_hook(),
             )
 
     def stop(self, timeout: float = 20.0) -> None:
@@ -169,11 +171,28 @@ class Shoppers(threading.Thread):
         self.sent["web"] += len(batch)
 
 
-def demo_events(customers: int, duration_s: float, seed: int) -> list[dict]:
+#: Simulated think times are divided by this so a short demo shows whole sessions.
+SPEED = 6.0
+
+
+def demo_events(rate: float, duration_s: float, seed: int) -> list[dict]:
+    """Simulated events due within the demo's run, about ``rate`` per second.
+
+    Time is compressed by ``SPEED`` and event times are the wall-clock times at
+    which the shoppers will send them, so the stream sees live traffic.
+    """
     from loadtest.simulator import generate
 
     start = int(time.time() * 1000) + 2000
-    return generate(customers, seed=seed, start_ms=start, span_s=duration_s)
+    end = start + int(duration_s * 1000)
+    customers = max(5, int(rate * duration_s / 4))
+    events = generate(customers, seed=seed, start_ms=start, span_s=duration_s * SPEED * 0.8)
+    out = []
+    for event in events:
+        event["timestamp"] = start + int((event["timestamp"] - start) / SPEED)
+        if event["timestamp"] <= end:
+            out.append(event)
+    return out
 
 
 def render(worker: dict, collector: dict, shoppers: Shoppers, elapsed: float, mailbox: str) -> str:
@@ -212,7 +231,12 @@ def run_demo(settings: Settings, duration_s: float, rate: float, workdir: Path |
             settings.with_broker(stack.broker.url),
             redis=replace(settings.redis, url=stack.redis.url),
             smtp=replace(settings.smtp, host=stack.smtp.host, port=stack.smtp.port),
-            worker=replace(settings.worker, data_dir=str(workdir / "worker"), web_port=free_port()),
+            worker=replace(
+                settings.worker,
+                data_dir=str(workdir / "worker"),
+                web_port=free_port(),
+                recovery_consistency_check=False,  # Tansu: see WorkerSettings
+            ),
             collector=replace(settings.collector, port=free_port()),
             pos=replace(
                 settings.pos,
@@ -220,7 +244,7 @@ def run_demo(settings: Settings, duration_s: float, rate: float, workdir: Path |
                 rejects=str(workdir / "pos" / "rejects.jsonl"),
             ),
             # A demo wants to see stages settle within seconds, not minutes.
-            journey=replace(settings.journey, allowed_lateness_s=5.0, idle_s=1.0),
+            journey=replace(settings.journey, allowed_lateness_s=5.0),
         )
         create_topics(settings.broker.bootstrap, all_topic_partitions(settings))
         env = to_environ(settings)
@@ -237,8 +261,8 @@ def run_demo(settings: Settings, duration_s: float, rate: float, workdir: Path |
             collector_url = f"http://127.0.0.1:{settings.collector.port}"
             wait_ready(f"{collector_url}/health", collector, 30)
             wait_ready(f"{worker_url}/ready", worker, 90)
-            customers = max(5, int(rate * duration_s / 8))
-            events = demo_events(customers, duration_s, seed=int(time.time()))
+            events = demo_events(rate, duration_s, seed=int(time.time()))
+            customers = len({e.get("customer_id") or e.get("anonymous_id") for e in events})
             shoppers = Shoppers(settings, events, pos_file, stop)
             print(
                 f"journey demo: worker {worker_url}  collector {collector_url}  "

@@ -124,6 +124,10 @@ class WorkerSettings:
     standby_replicas: int = 0
     #: Events forwarded in one packed message to the journey agent.
     forward_batch: int = 500
+    #: Faust's check that a table's persisted offset is not past the changelog's end.
+    #: Keep it on with Kafka; the embedded Tansu broker under-reports end offsets
+    #: after batched writes, so the embedded stack turns it off.
+    recovery_consistency_check: bool = True
 
 
 @dataclass(frozen=True)
@@ -134,7 +138,9 @@ class JourneySettings:
     #: order; stages settle (and transitions are emitted) once the watermark passes.
     allowed_lateness_s: float = 600.0
     #: A caught-up partition idle this long lets its watermark follow the wall clock.
-    idle_s: float = 2.0
+    #: Keep it above the consumer's fetch wait (1.5 s in Faust) so the worker's own
+    #: messages in flight (identity merges) show in the end offsets first.
+    idle_s: float = 3.0
 
 
 @dataclass(frozen=True)

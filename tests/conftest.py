@@ -65,7 +65,12 @@ def settings(broker: object, unique: str, tmp_path: Path) -> Settings:
         overrides={
             "broker": {"url": broker.url},  # type: ignore[attr-defined]
             "topics": t,
-            "worker": {"app_id": f"journey-{unique}", "data_dir": str(tmp_path / "worker")},
+            "worker": {
+                "app_id": f"journey-{unique}",
+                "data_dir": str(tmp_path / "worker"),
+                # Tansu under-reports end offsets after batched writes (see settings).
+                "recovery_consistency_check": False,
+            },
             "pos": {
                 "checkpoint": str(tmp_path / "pos" / "checkpoint.json"),
                 "rejects": str(tmp_path / "pos" / "rejects.jsonl"),

@@ -33,6 +33,8 @@ log = logging.getLogger(__name__)
 
 MERGE_IN = "merge_in"
 TIMER_INTERVAL_S = 0.25
+#: How often end offsets are fetched from the broker to tell whether input is read.
+PROGRESS_INTERVAL_S = 0.5
 
 
 def now_ms() -> int:
@@ -123,8 +125,11 @@ class JourneyShell:
         for tp in tps:
             done = self.processed.get(tp)
             position = done + 1 if done is not None else (read_offsets.get(tp) or 0)
-            end = ends.get(tp)
-            if end is None or position < end:
+            # The larger of the fetcher's high watermark (exact, up to a fetch old)
+            # and the broker's answer now (fresh, but some brokers, Tansu among
+            # them, under-report it right after a batched write).
+            known = [v for v in (ends.get(tp), consumer.highwater(tp)) if v is not None]
+            if not known or position < max(known):
                 read = False
                 break
         self._input_read = read
@@ -254,7 +259,6 @@ class JourneyShell:
         if self.app.rebalancing or self.app.in_recovery:
             self._input_read = False
             return
-        await self.refresh_progress()
         caught_up = self.caught_up()
         t = now_ms()
         actives = self.active_partitions()
@@ -334,6 +338,12 @@ def register_journey(app: faust.App, settings: Settings, topics: Any) -> Journey
     @app.timer(interval=TIMER_INTERVAL_S)
     async def due_checks() -> None:
         await shell.tick()
+
+    @app.timer(interval=PROGRESS_INTERVAL_S)
+    async def input_progress() -> None:
+        if app.rebalancing or app.in_recovery:
+            return
+        await shell.refresh_progress()
 
     @shell.table.on_recover
     async def after_recovery() -> None:

@@ -28,22 +28,24 @@ from tests.helpers import read_topic, wait_for
 from tests.procs import Worker, http_get
 
 DAY_MS = 86_400_000
-LATENESS_S = 86_400.0
+#: Longer than the simulated log's span in event time (sessions start within 6 h,
+#: returning visits come up to a day or two later), and the log ends longer ago
+#: than this, so nothing settles while the backlog is read and everything does
+#: once the worker is caught up and idle.
+LATENESS_S = 5 * 86_400.0
 
 
 @pytest.fixture
 def journey_settings(settings: Settings) -> Settings:
     # Lateness longer than the log's span: nothing settles while the backlog is
     # read, everything settles once the worker is caught up and idle.
-    s = replace(
-        settings, journey=replace(settings.journey, allowed_lateness_s=LATENESS_S, idle_s=1.0)
-    )
+    s = replace(settings, journey=replace(settings.journey, allowed_lateness_s=LATENESS_S))
     create_topics(s.broker.bootstrap, all_topic_partitions(s))
     return s
 
 
 def simulated_log(customers: int, seed: int) -> list[contract.Touchpoint]:
-    start = int(time.time() * 1000) - 3 * DAY_MS
+    start = int(time.time() * 1000) - 10 * DAY_MS
     events = simulator.generate(customers, seed=seed, start_ms=start, span_s=6 * 3600)
     return [contract.parse(e) for e in events]
 
@@ -179,7 +181,7 @@ def test_worker_killed_mid_stream_recovers_from_changelog(
 def test_web_and_pos_events_of_one_person_end_in_one_journey(
     journey_settings: Settings, tmp_path: Path
 ) -> None:
-    t0 = int(time.time() * 1000) - 2 * DAY_MS
+    t0 = int(time.time() * 1000) - 10 * DAY_MS
     raw = [
         {
             "event_id": "w1",
