@@ -7,6 +7,7 @@ tables and those functions.
 
 from __future__ import annotations
 
+import socket
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -41,12 +42,20 @@ class Topics:
     triggers: faust.TopicT
 
 
+def advertised_host(bind_host: str) -> str:
+    """The host other workers reach this one at (Faust routes table queries there)."""
+    if bind_host in ("0.0.0.0", "::", ""):
+        return socket.gethostname()
+    return bind_host
+
+
 def faust_app(
     settings: Settings, *, store: str | None = None, web_port: int | None = None
 ) -> faust.App:
     """A configured, empty Faust app (no agents)."""
     w = settings.worker
     b = settings.broker
+    port = web_port if web_port is not None else w.web_port
     datadir = settings.path(w.data_dir)
     datadir.mkdir(parents=True, exist_ok=True)
     broker_credentials = None
@@ -77,9 +86,9 @@ def faust_app(
         key_serializer="raw",
         value_serializer="raw",
         web_host=w.web_host,
-        web_port=web_port if web_port is not None else w.web_port,
+        web_port=port,
         web_in_thread=False,
-        canonical_url=f"http://{w.web_host}:{web_port if web_port is not None else w.web_port}",
+        canonical_url=f"http://{advertised_host(w.web_host)}:{port}",
         consumer_auto_offset_reset="earliest",
         stream_wait_empty=False,
         recovery_consistency_check=w.recovery_consistency_check,
