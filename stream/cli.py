@@ -100,10 +100,14 @@ def cmd_replay(args: argparse.Namespace, settings: Settings) -> int:
     return main(args, settings)
 
 
+def passed_through(rest: Sequence[str]) -> list[str]:
+    return list(rest[1:] if rest and rest[0] == "--" else rest)
+
+
 def cmd_simulate(args: argparse.Namespace, settings: Settings) -> int:
     from loadtest import simulator
 
-    argv = list(args.rest)
+    argv = passed_through(args.rest)
     if "--produce" in argv and "--broker-url" not in argv:
         argv += ["--broker-url", resolve_broker(settings).broker.url]
     return simulator.main(argv) or 0
@@ -137,7 +141,7 @@ def cmd_stack(args: argparse.Namespace, settings: Settings) -> int:
 def cmd_bench(args: argparse.Namespace, settings: Settings) -> int:
     from loadtest import bench
 
-    return bench.main(list(args.rest))
+    return bench.main(passed_through(args.rest))
 
 
 def cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
@@ -234,7 +238,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = add(
         "simulate",
         cmd_simulate,
-        "Generate simulated customer journeys (see `journey simulate -- --help`).",
+        "Generate simulated customer journeys as JSON Lines or into Kafka "
+        "(`journey simulate --help` lists the options).",
     )
     p.add_argument("rest", nargs=argparse.REMAINDER, help="arguments for loadtest.simulator")
 
@@ -257,7 +262,7 @@ def build_parser() -> argparse.ArgumentParser:
         "bench",
         cmd_bench,
         "Throughput benchmark: raw consumer, naive Faust agent and the "
-        "journey pipeline on the same pre-filled topic (see `journey bench -- --help`).",
+        "journey pipeline on the same pre-filled topic (`journey bench --help` lists the options).",
     )
     p.add_argument("rest", nargs=argparse.REMAINDER, help="arguments for loadtest.bench")
 
@@ -266,8 +271,18 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+#: Subcommands whose arguments belong to another parser (``journey simulate --customers 5``).
+PASS_THROUGH = {"simulate", "bench"}
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
+    command = next((a for a in argv if not a.startswith("-")), None)
+    if command in PASS_THROUGH:
+        i = argv.index(command)
+        rest = argv[i + 1 :]
+        argv = [*argv[: i + 1], "--", *rest] if rest and rest[0] != "--" else argv
     args = parser.parse_args(argv)
     logging.basicConfig(
         level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
