@@ -6,11 +6,11 @@ from stream.embedded.stack import (
     EmbeddedRedis,
     EmbeddedStack,
     SmtpCatcher,
-    create_topics,
     free_port,
     redis_server_binary,
 )
 from stream.embedded.wait import wait_until
+from stream.topics import create_topics
 
 __all__ = [
     "CaughtMail",

@@ -35,18 +35,6 @@ from types import TracebackType
 from typing import Any
 
 from stream.embedded.wait import wait_until
-from stream.topics import create_topics
-
-__all__ = [
-    "CaughtMail",
-    "EmbeddedBroker",
-    "EmbeddedRedis",
-    "EmbeddedStack",
-    "SmtpCatcher",
-    "create_topics",
-    "free_port",
-    "redis_server_binary",
-]
 
 _PR_SET_PDEATHSIG = 1
 # Tansu reads these from the environment when no flag is given; an unrelated
