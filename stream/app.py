@@ -99,15 +99,16 @@ def declare_topics(app: faust.App, settings: Settings) -> Topics:
     t = settings.topics
     n = t.partitions
 
-    def topic(name: str) -> faust.TopicT:
-        return app.topic(name, partitions=n, key_serializer="raw", value_serializer="raw")
+    def topic(name: str, values: str = "raw") -> faust.TopicT:
+        return app.topic(name, partitions=n, key_serializer="raw", value_serializer=values)
 
     return Topics(
         touchpoints=topic(t.touchpoints),
         resolved=topic(t.resolved),
         dlq=topic(t.dlq),
-        transitions=topic(t.transitions),
-        timers=topic(t.timers),
+        # Engine-made JSON goes through the registered orjson codec.
+        transitions=topic(t.transitions, "orjson"),
+        timers=topic(t.timers, "orjson"),
         triggers=topic(t.triggers),
     )
 

@@ -244,7 +244,7 @@ class JourneyShell:
         for tr in transitions:
             m.TRANSITIONS.labels(from_stage=tr.from_stage or "none", to_stage=tr.to_stage).inc()
         await self.topics.transitions.send(
-            value=orjson.dumps([tr.to_dict() for tr in transitions]), partition=partition
+            value=[tr.to_dict() for tr in transitions], partition=partition
         )
 
     # -- timer and recovery ------------------------------------------------------------
@@ -267,9 +267,7 @@ class JourneyShell:
             wm = self.clocks[p].watermark(t, caught_up)
             keys = self.due[p].pop_due(wm)
             if keys:
-                await self.topics.timers.send(
-                    value=orjson.dumps({"watermark": wm, "keys": keys}), partition=p
-                )
+                await self.topics.timers.send(value={"watermark": wm, "keys": keys}, partition=p)
 
     def publish_stage_gauge(self, actives: list[int]) -> None:
         """Report customers per stage for owned partitions only (sums across workers)."""
