@@ -79,7 +79,7 @@ def register_ingest(
         # Faust flushes the producer before committing offsets.
         batches = stream.take_events(batch_size, within=BATCH_WINDOW_S)  # type: ignore[attr-defined]
         async for events in batches:
-            out: dict[int, dict[str, list[Touchpoint]]] = defaultdict(lambda: defaultdict(list))
+            by_key: dict[str, list[Touchpoint]] = defaultdict(list)
             now_ms = int(time.time() * 1000)
             for event in events:
                 processed[event.message.tp] = event.message.offset
@@ -106,7 +106,7 @@ def register_ingest(
                         identities[alias.encode()] = customer.encode()
                         m.IDENTITY_LINKS.inc()
                     for orphan, merge in res.merges:
-                        out[partition_of(orphan)][orphan].append(merge)
+                        by_key[orphan].append(merge)
                     for alias, link in res.links:
                         if not links_sent.seen(link.event_id):
                             await topics.touchpoints.send(
@@ -116,11 +116,12 @@ def register_ingest(
                         continue
                     m.INGESTED.labels(channel=item.channel, type=m.type_label(item)).inc()
                     m.EVENT_TIME_LAG.observe(max(0.0, (now_ms - item.timestamp) / 1000))
-                    out[partition_of(res.journey_key)][res.journey_key].append(item)
-            for partition, groups in out.items():
-                await topics.resolved.send(
-                    value=contract.dumps_groups(groups.items()), partition=partition
-                )
+                    by_key[res.journey_key].append(item)
+            by_partition: dict[int, list[tuple[str, list[Touchpoint]]]] = defaultdict(list)
+            for key, tps in by_key.items():
+                by_partition[partition_of(key)].append((key, tps))
+            for partition, groups in by_partition.items():
+                await topics.resolved.send(value=contract.dumps_groups(groups), partition=partition)
 
     def partition_of(journey_key: str) -> int:
         """The ``touchpoints.resolved`` partition a journey key hashes to."""
