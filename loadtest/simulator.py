@@ -302,33 +302,6 @@ def _customers(
         yield c
 
 
-def iter_sessions(
-    customers: int,
-    seed: int = 1,
-    start_ms: int | None = None,
-    span_s: float = 6 * 3600,
-    personas: dict[str, float] | None = None,
-) -> Iterator[list[dict[str, Any]]]:
-    """Each customer session's events (with the same routing key), in customer order."""
-    start = DEFAULT_START_MS if start_ms is None else start_ms
-    for c in _customers(customers, seed, start, span_s, personas):
-        session: list[dict[str, Any]] = []
-        key = None
-        for e in c.events:
-            ek = (e["_session"], _routing_key(e))
-            if session and ek != key:
-                yield session
-                session = []
-            key = ek
-            session.append({k: v for k, v in e.items() if k != "_session"})
-        if session:
-            yield session
-
-
-def _routing_key(e: dict[str, Any]) -> str:
-    return contract.parse({k: v for k, v in e.items() if k != "_session"}).routing_key
-
-
 def generate(
     customers: int,
     seed: int = 1,

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import socket
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import faust
@@ -151,7 +150,3 @@ def build_worker_app(settings: Settings, **kwargs: Any) -> faust.App:
         return self.json(body, status=200 if is_ready else 503)
 
     return app
-
-
-def store_dir(settings: Settings) -> Path:
-    return settings.path(settings.worker.data_dir)
