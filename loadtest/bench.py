@@ -1,13 +1,19 @@
 """``journey bench``: throughput of the journey pipeline beside its baselines, in one run.
 
 On the embedded broker (or ``--broker-url``), a topic is pre-filled with
-simulated journeys, then three consumers read the same topic one after the other. Consecutive
-events of one routing key share a message (as a Segment batch would); in a
-time-ordered log of many shoppers that is mostly one event per message.
+simulated journeys, then three consumers read the same topic one after the other. The
+time-ordered log goes out in producer batches of ``--sdk-batch`` consecutive
+events (many customers each, as a server-side SDK flushes them), each packed
+into one message per destination partition as the collector and the POS
+producer publish them (``--sdk-batch 0``: one message per session and routing
+key, which in a log of many shoppers is mostly one event per message).
 
 (a) raw: aiokafka + orjson + a dict update per event, the limit;
 (b) naive: a Faust agent doing one table write per event (memory store);
-(c) pipeline: ``journey worker`` with the full ingest + journey logic on RocksDB.
+(c) pipeline: ``journey worker`` with the full ingest + journey logic on RocksDB,
+    abandonment deadlines and triggers included; the delay between a journey
+    partition's watermark passing each deadline and the trigger's emission is
+    read back from ``journey.triggers`` (p50/p99).
 
 Each figure is events/s between the first and the last event its consumer
 handled, measured inside that consumer. Results go to stdout and to
@@ -18,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import platform
 import subprocess
@@ -30,7 +37,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from loadtest import simulator
+from loadtest import latency, simulator
 from loadtest.baselines import raw
 from stream.app import all_topic_partitions
 from stream.embedded import EmbeddedBroker, free_port
@@ -107,6 +114,7 @@ def run_pipeline(settings: Settings, events: int, workdir: Path, timeout: float)
             "seconds": seconds,
             "eps": events / seconds,
             "transitions_at_end": m.get("journey_stage_transitions_total", 0),
+            "identity_links_unanswered": m.get("journey_identity_links_unanswered_total", 0),
         }
     finally:
         proc.terminate()
@@ -130,9 +138,18 @@ def main(argv: list[str] | None = None) -> int:
         "--broker-url", default="", help="use this broker instead of the embedded one"
     )
     parser.add_argument("--partitions", type=int, default=4)
+    parser.add_argument(
+        "--sdk-batch",
+        type=int,
+        default=100,
+        help="events per producer batch, packed per destination partition "
+        "(Segment SDKs flush 100); 0: one message per session and routing key",
+    )
     parser.add_argument("--timeout", type=float, default=900.0)
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args(argv)
+    # The admin and producer clients' connection chatter would bury the figures.
+    logging.getLogger("kafka").setLevel(logging.WARNING)
 
     workdir = Path(tempfile.mkdtemp(prefix="journey-bench-"))
     broker = None
@@ -156,6 +173,7 @@ def main(argv: list[str] | None = None) -> int:
                 "timers",
                 "dispatch",
                 "dispatch_dlq",
+                "links",
             )
         }
         topics = replace(base.topics, partitions=args.partitions, **names)
@@ -174,11 +192,14 @@ def main(argv: list[str] | None = None) -> int:
                 f"only {len(events)} events for {args.customers} customers; raise --customers"
             )
         t = time.perf_counter()
-        messages = simulator.produce(settings, events, rate=None, pack_sessions=True)
+        messages = simulator.produce(
+            settings, events, rate=None, pack_sessions=True, sdk_batch=args.sdk_batch
+        )
         produce_s = time.perf_counter() - t
         n = len(events)
         print(
-            f"pre-filled {settings.topics.touchpoints}: {n} events, {args.customers} customers "
+            f"pre-filled {settings.topics.touchpoints}: {n} events, {args.customers} customers, "
+            f"{messages} messages "
             f"(generated in {gen_s:.1f}s, produced in {produce_s:.1f}s)",
             flush=True,
         )
@@ -191,6 +212,28 @@ def main(argv: list[str] | None = None) -> int:
         print(f"(b) naive Faust, 1 write/event  {naive_r['eps']:>10,.0f} events/s", flush=True)
         pipe_r = run_pipeline(settings, n, workdir, args.timeout)
         print(f"(c) journey pipeline (RocksDB)  {pipe_r['eps']:>10,.0f} events/s", flush=True)
+        print(
+            f"identity links unanswered in time: {pipe_r['identity_links_unanswered']:.0f}",
+            flush=True,
+        )
+        fire = latency.summary(
+            latency.read_triggers(settings.broker.bootstrap, settings.topics.triggers)
+        )
+        if fire.get("abandonments_measured"):
+            print(
+                f"deadline fire delay (watermark passed -> trigger emitted, under backlog): "
+                f"p50 {fire['fire_delay_p50_s']} s, p99 {fire['fire_delay_p99_s']} s, "
+                f"max {fire['fire_delay_max_s']} s over {fire['abandonments_measured']} "
+                f"abandonments ({fire['triggers']} triggers)",
+                flush=True,
+            )
+            print(
+                f"  from the journey's own watermark ({fire['waited_for_identity_links']} "
+                f"waited for identity links to answer): "
+                f"p50 {fire['fire_delay_from_journey_ready_p50_s']} s, "
+                f"p99 {fire['fire_delay_from_journey_ready_p99_s']} s",
+                flush=True,
+            )
         result = {
             "raw_eps": round(raw_r["eps"]),
             "naive_eps": round(naive_r["eps"]),
@@ -202,6 +245,11 @@ def main(argv: list[str] | None = None) -> int:
             "partitions": args.partitions,
             "messages": messages,
             "events_per_message": round(n / messages, 2),
+            "sdk_batch": args.sdk_batch,
+            "fire_latency": fire,
+            # Journeys that stopped waiting for an identity link's answer (30 s of
+            # wall time) and settled without it: 0 unless the worker falls behind.
+            "identity_links_unanswered": round(pipe_r["identity_links_unanswered"]),
             "machine": (
                 f"{platform.machine()} {os.cpu_count()} cores, Python {platform.python_version()}"
             ),

@@ -2,6 +2,8 @@
 
 journey stack        start the embedded broker, Redis and SMTP catcher
 journey worker       the Faust worker (ingest + journey agents, HTTP views)
+journey dispatcher   send follow-ups for triggers (Redis guards, SMTP)
+journey suppress     add/remove/list entries of the dispatcher's suppression list
 journey collector    the Segment-compatible HTTP collector
 journey pos          publish POS transactions from CSV / JSON Lines
 journey replay       run an event log through the pure rules (the oracle)
@@ -14,6 +16,7 @@ journey config       print the effective settings
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import logging
 import sys
@@ -63,6 +66,35 @@ def cmd_topics(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def use_uvloop() -> None:
+    """Run the worker on uvloop when it is installed (a dependency except on Windows).
+
+    Faust supports it; on an empty agent it measured ~20% more messages/s.
+    """
+    try:
+        import uvloop
+    except ImportError:
+        return
+    asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
+
+
+def tune_gc() -> None:
+    """Fewer cyclic-GC passes in the worker.
+
+    The worker allocates millions of short-lived objects (decoded events,
+    states) that reference counting frees; with the default gen-0 threshold
+    (700) the collector kept re-scanning the long-lived heap (cached states,
+    de-duplication ids, due indexes) and took about half the time of decoding
+    a batch. Objects alive after start-up are frozen out of collection; full
+    collections still run, every ~40 million allocations instead of ~70,000.
+    """
+    import gc
+
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(100_000, 20, 20)
+
+
 def cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
     from faust.worker import Worker
 
@@ -71,10 +103,58 @@ def cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
 
     settings = resolve_broker(settings)
     create_topics(settings.broker.bootstrap, all_topic_partitions(settings))
+    use_uvloop()
     app = build_worker_app(settings, store=args.store, web_port=args.web_port)
+    tune_gc()
     worker = Worker(app, loglevel=args.loglevel, redirect_stdouts=False)
     quiet_client_logs(args.loglevel)
     worker.execute_from_commandline()
+    return 0
+
+
+def cmd_dispatcher(args: argparse.Namespace, settings: Settings) -> int:
+    from faust.worker import Worker
+
+    from stream.app import all_topic_partitions
+    from stream.dispatch.app import build_dispatcher_app
+    from stream.topics import create_topics
+
+    settings = resolve_broker(settings)
+    if args.web_port is not None:
+        settings = replace(settings, dispatch=replace(settings.dispatch, web_port=args.web_port))
+    create_topics(settings.broker.bootstrap, all_topic_partitions(settings))
+    app = build_dispatcher_app(settings)
+    worker = Worker(app, loglevel=args.loglevel, redirect_stdouts=False)
+    quiet_client_logs(args.loglevel)
+    worker.execute_from_commandline()
+    return 0
+
+
+def cmd_suppress(args: argparse.Namespace, settings: Settings) -> int:
+    import asyncio
+
+    import redis.asyncio as aioredis
+
+    from stream.dispatch.guards import Guards, Keys
+
+    async def run() -> dict[str, object]:
+        client = aioredis.Redis.from_url(settings.redis.url)
+        guards = Guards(client, Keys(settings.dispatch.key_prefix))
+        try:
+            if args.action == "add":
+                return {"added": await guards.suppress(*args.entries)}
+            if args.action == "remove":
+                return {"removed": await guards.unsuppress(*args.entries)}
+            members = await client.smembers(guards.keys.suppressed)
+            return {
+                "suppressed": sorted(m.decode() if isinstance(m, bytes) else m for m in members)
+            }
+        finally:
+            await client.aclose()
+
+    if args.action != "list" and not args.entries:
+        raise SystemExit("journey suppress add|remove needs at least one email or customer id")
+    print(json.dumps(asyncio.run(run())))
     return 0
 
 
@@ -196,6 +276,28 @@ def build_parser() -> argparse.ArgumentParser:
         "--store", default=None, help="table store URL: rocksdb:// (default) or memory://"
     )
     p.add_argument("--loglevel", default="info")
+
+    p = add(
+        "dispatcher",
+        cmd_dispatcher,
+        "Run the follow-up dispatcher: consume journey.triggers and touchpoints.resolved, "
+        "guard each send in Redis (idempotency, consent, purchase, quiet hours, frequency cap), "
+        "render config/templates and send by SMTP; outcomes to journey.dispatch, failures to "
+        "journey.dispatch.dlq; GET /metrics and /ready on its web port.",
+    )
+    p.add_argument(
+        "--web-port", type=int, default=None, help="HTTP port (default: [dispatch] web_port)"
+    )
+    p.add_argument("--loglevel", default="info")
+
+    p = add(
+        "suppress",
+        cmd_suppress,
+        "Manage the dispatcher's suppression list (emails or customer ids that never get "
+        "follow-ups): journey suppress add|remove ENTRY..., journey suppress list.",
+    )
+    p.add_argument("action", choices=["add", "remove", "list"])
+    p.add_argument("entries", nargs="*", help="emails or customer ids")
 
     p = add(
         "collector",

@@ -2,15 +2,23 @@
 
 Every producer, agent, the load generator and the tests import this module
 instead of re-stating field names. A message on the ``touchpoints`` topic is
-either one touchpoint (a JSON object) or a JSON array of touchpoints that share
-a routing key (as a Segment ``/v1/batch`` call does); inside the pipeline the
-``touchpoints.resolved`` topic carries packed arrays of one partition.
+either one touchpoint (a JSON object) or a JSON array of touchpoints. The
+array's routing keys (:attr:`Touchpoint.routing_key`) must all hash to the
+message's partition (Kafka's default murmur2 partitioner), and the message is
+keyed by the first one's: one raw id's events (as a Segment ``/v1/batch`` call
+carries them), or a producer batch of many raw ids packed per destination
+partition (``stream.producers.publisher.packed_records``), so consumers pay
+the per-message cost once for many events. Each element is validated on its
+own: an invalid one goes to the dead-letter topic with its reason and its own
+bytes, its neighbours pass; a valid one whose raw id hashes elsewhere is
+re-routed by the ingest agent. Inside the pipeline the ``touchpoints.resolved``
+topic carries packed arrays of one partition (:func:`dumps_groups`).
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -390,9 +398,74 @@ def dumps_groups(groups: Iterable[tuple[str, Iterable[Touchpoint]]]) -> bytes:
     """Pack touchpoints of several journey keys into one ``touchpoints.resolved`` value.
 
     The format is ``[[journey_key, [touchpoint, ...]], ...]``; every key must
-    hash to the partition the message is sent to.
+    hash to the partition the message is sent to. Touchpoints are written by
+    orjson straight from the dataclass (every field, None included), which
+    :func:`from_trusted` reads like :meth:`Touchpoint.to_dict` output.
     """
-    return orjson.dumps([[key, [tp.to_dict() for tp in tps]] for key, tps in groups])
+    return orjson.dumps([[key, list(tps)] for key, tps in groups], default=_plain)
+
+
+def _plain(obj: Any) -> Any:
+    """orjson fallback: a non-dict Mapping (properties, context) as a dict."""
+    if isinstance(obj, Mapping):
+        return dict(obj)
+    raise TypeError(f"cannot serialise {type(obj).__name__}")
+
+
+def pack_groups(
+    groups: Iterable[tuple[str, Sequence[Touchpoint]]], max_bytes: int
+) -> Iterator[bytes]:
+    """:func:`dumps_groups` values of at most ``max_bytes`` each (about; one key's
+    touchpoints are split over several values only when they alone are larger)."""
+    for value, _ in pack_groups_with(groups, max_bytes):
+        yield value
+
+
+def pack_groups_with(
+    groups: Iterable[tuple[str, Sequence[Touchpoint]]], max_bytes: int
+) -> Iterator[tuple[bytes, list[tuple[str, list[Touchpoint]]]]]:
+    """:func:`pack_groups`, each value with the groups it holds (what
+    :func:`loads_groups` of it returns)."""
+    parts: list[bytes] = []
+    held: list[tuple[str, list[Touchpoint]]] = []
+    size = 2
+    for key, tps in groups:
+        for part, chunk in _group_parts(key, list(tps), max_bytes):
+            if parts and size + len(part) + 1 > max_bytes:
+                yield b"[" + b",".join(parts) + b"]", held
+                parts, held, size = [], [], 2
+            parts.append(part)
+            held.append((key, chunk))
+            size += len(part) + 1
+    if parts:
+        yield b"[" + b",".join(parts) + b"]", held
+
+
+def _group_parts(
+    key: str, tps: list[Touchpoint], max_bytes: int
+) -> list[tuple[bytes, list[Touchpoint]]]:
+    part = orjson.dumps([key, tps], default=_plain)
+    if len(part) + 2 <= max_bytes or len(tps) <= 1:
+        return [(part, tps)]
+    mid = len(tps) // 2
+    return _group_parts(key, tps[:mid], max_bytes) + _group_parts(key, tps[mid:], max_bytes)
+
+
+def dumps_mark(source: int, mark: int) -> bytes:
+    """A source partition's event-time progress, sent to every journey partition.
+
+    ``touchpoints.resolved`` carries packed groups (a JSON array) and these
+    marks (a JSON object); :func:`loads_mark` tells them apart.
+    """
+    return orjson.dumps({"source": source, "mark": mark})
+
+
+def loads_mark(raw: bytes) -> tuple[int, int] | None:
+    """``(source partition, mark)`` if ``raw`` is a mark, else None."""
+    if raw[:1] != b"{":
+        return None
+    body = orjson.loads(raw)
+    return int(body["source"]), int(body["mark"])
 
 
 def loads_groups(raw: bytes) -> list[tuple[str, list[Touchpoint]]]:

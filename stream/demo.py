@@ -1,12 +1,14 @@
 """``journey demo``: the whole engine on loopback, driven by simulated shoppers.
 
 Starts the embedded stack (broker, Redis, SMTP catcher), the worker, the
-collector and the POS producer as child processes, then plays simulated
-journeys in real time: web sessions through the collector over HTTP (Segment
-``/v1/batch`` calls, as an SDK would send them) and in-store sales through the
-POS producer (rows appended to a JSON Lines export it follows). A live summary
-is read from the services' own ``/metrics``; at the end a short report is
-printed and everything is stopped.
+dispatcher, the collector and the POS producer as child processes, then plays
+simulated journeys in real time: web sessions through the collector over HTTP
+(Segment ``/v1/batch`` calls, as an SDK would send them) and in-store sales
+through the POS producer (rows appended to a JSON Lines export it follows).
+Abandonment waits are shortened to seconds, so carts are abandoned and emails
+land in the catcher's folder (one .eml per message) within a minute or two. A
+live summary is read from the services' own ``/metrics``; at the end a short
+report is printed and everything is stopped.
 """
 
 from __future__ import annotations
@@ -35,6 +37,8 @@ from stream.topics import create_topics
 #: Share of simulated web calls sent with one malformed message, to show the DLQ.
 BAD_CALL_RATE = 0.05
 REFRESH_S = 2.0
+#: Abandonment waits in the demo (seconds) instead of 30/15/60 minutes.
+DEMO_WAITS_S = {"cart": 10.0, "checkout": 8.0, "browse": 15.0}
 
 
 class Child:
@@ -195,12 +199,42 @@ def demo_events(rate: float, duration_s: float, seed: int) -> list[dict]:
     return out
 
 
-def render(worker: dict, collector: dict, shoppers: Shoppers, elapsed: float, mailbox: str) -> str:
+def histogram_quantile(samples: dict, name: str, q: float) -> float | None:
+    """Upper bound of the bucket holding quantile ``q`` of a Prometheus histogram."""
+    buckets = sorted(
+        (float(dict(ls)["le"]), v)
+        for (n, ls), v in samples.items()
+        if n == f"{name}_bucket" and "le" in dict(ls)
+    )
+    total_count = buckets[-1][1] if buckets else 0
+    if not total_count:
+        return None
+    for le, count in buckets:
+        if count >= q * total_count:
+            return le
+    return None
+
+
+def emails_in(mailbox: Path) -> int:
+    return sum(1 for _ in mailbox.glob("*.eml")) if mailbox.is_dir() else 0
+
+
+def render(
+    worker: dict,
+    collector: dict,
+    dispatcher: dict,
+    shoppers: Shoppers,
+    elapsed: float,
+    mailbox: Path,
+) -> str:
     ingested = by_label(worker, "journey_events_ingested_total", "channel")
     types = by_label(worker, "journey_events_ingested_total", "type")
     stages = by_label(worker, "journey_stage_customers", "stage")
     statuses = by_label(collector, "journey_collector_requests_total", "status")
     dlq = by_label(worker, "journey_events_dead_lettered_total", "reason")
+    abandoned = by_label(worker, "journey_abandonments_total", "kind")
+    triggers = by_label(worker, "journey_triggers_total", "rule")
+    outcomes = by_label(dispatcher, "journey_dispatch_outcomes_total", "outcome")
     lines = [
         f"journey demo - {elapsed:5.0f}s",
         f"  events in      {sum(ingested.values()):7d}   "
@@ -213,6 +247,10 @@ def render(worker: dict, collector: dict, shoppers: Shoppers, elapsed: float, ma
         "  stages now     " + "  ".join(f"{s}={n}" for s, n in stages.items() if n),
         f"  transitions    {int(total(worker, 'journey_stage_transitions_total')):7d}",
         f"  POS rows sent  {shoppers.sent['pos']:7d}",
+        "  abandoned      " + "  ".join(f"{k}={n}" for k, n in sorted(abandoned.items()) if n),
+        "  follow-ups     " + "  ".join(f"{k}={n}" for k, n in sorted(triggers.items()) if n),
+        "  dispatch       " + "  ".join(f"{k}={n}" for k, n in sorted(outcomes.items()) if n),
+        f"  emails         {emails_in(mailbox):7d}   in {mailbox}",
     ]
     return "\n".join(lines)
 
@@ -243,8 +281,26 @@ def run_demo(settings: Settings, duration_s: float, rate: float, workdir: Path |
                 checkpoint=str(workdir / "pos" / "checkpoint.json"),
                 rejects=str(workdir / "pos" / "rejects.jsonl"),
             ),
-            # A demo wants to see stages settle within seconds, not minutes.
-            journey=replace(settings.journey, allowed_lateness_s=5.0),
+            # A demo wants to see stages settle and carts abandoned within seconds.
+            journey=replace(
+                settings.journey,
+                allowed_lateness_s=5.0,
+                abandonment=tuple(
+                    {**rule, "wait_s": DEMO_WAITS_S.get(rule["name"], rule["wait_s"])}
+                    for rule in settings.journey.abandonment
+                ),
+            ),
+            dispatch=replace(
+                settings.dispatch,
+                web_port=free_port(),
+                # Simulated shoppers live in five time zones: no quiet hours in a demo.
+                quiet_start="00:00",
+                quiet_end="00:00",
+            ),
+        )
+        collector_url = f"http://127.0.0.1:{settings.collector.port}"
+        settings = replace(
+            settings, dispatch=replace(settings.dispatch, tracking_base_url=collector_url)
         )
         create_topics(settings.broker.bootstrap, all_topic_partitions(settings))
         env = to_environ(settings)
@@ -256,11 +312,16 @@ def run_demo(settings: Settings, duration_s: float, rate: float, workdir: Path |
             worker = Child("worker", ["worker", "--loglevel", "warning"], env, logs / "worker.log")
             collector = Child("collector", ["collector"], env, logs / "collector.log")
             pos = Child("pos", ["pos", str(pos_file), "--follow"], env, logs / "pos.log")
-            children += [worker, collector, pos]
+            dispatcher = Child(
+                "dispatcher", ["dispatcher", "--loglevel", "warning"], env, logs / "dispatcher.log"
+            )
+            children += [worker, collector, pos, dispatcher]
             worker_url = f"http://127.0.0.1:{settings.worker.web_port}"
-            collector_url = f"http://127.0.0.1:{settings.collector.port}"
+            dispatcher_url = f"http://127.0.0.1:{settings.dispatch.web_port}"
+            mailbox = stack.smtp.maildir
             wait_ready(f"{collector_url}/health", collector, 30)
             wait_ready(f"{worker_url}/ready", worker, 90)
+            wait_ready(f"{dispatcher_url}/ready", dispatcher, 90)
             events = demo_events(rate, duration_s, seed=int(time.time()))
             customers = len({e.get("customer_id") or e.get("anonymous_id") for e in events})
             shoppers = Shoppers(settings, events, pos_file, stop)
@@ -278,9 +339,10 @@ def run_demo(settings: Settings, duration_s: float, rate: float, workdir: Path |
                     text = render(
                         scrape(f"{worker_url}/metrics"),
                         scrape(f"{collector_url}/metrics"),
+                        scrape(f"{dispatcher_url}/metrics"),
                         shoppers,
                         elapsed,
-                        str(stack.smtp.maildir),
+                        mailbox,
                     )
                     print(
                         ("\033[2J\033[H" if tty else "") + text + ("" if tty else "\n"), flush=True
@@ -291,8 +353,16 @@ def run_demo(settings: Settings, duration_s: float, rate: float, workdir: Path |
                 pass
             stop.set()
             shoppers.join(5)
-            report = final_report(worker_url, collector_url, shoppers, time.monotonic() - started)
+            report = final_report(
+                worker_url,
+                collector_url,
+                dispatcher_url,
+                mailbox,
+                shoppers,
+                time.monotonic() - started,
+            )
             print(json.dumps(report, indent=2), flush=True)
+            print(f"journey demo: emails (one .eml each) in {mailbox}", flush=True)
             print(f"journey demo: logs in {logs}", flush=True)
         finally:
             for child in reversed(children):
@@ -301,10 +371,16 @@ def run_demo(settings: Settings, duration_s: float, rate: float, workdir: Path |
 
 
 def final_report(
-    worker_url: str, collector_url: str, shoppers: Shoppers, elapsed: float
+    worker_url: str,
+    collector_url: str,
+    dispatcher_url: str,
+    mailbox: Path,
+    shoppers: Shoppers,
+    elapsed: float,
 ) -> dict[str, Any]:
     worker = scrape(f"{worker_url}/metrics")
     collector = scrape(f"{collector_url}/metrics")
+    dispatcher = scrape(f"{dispatcher_url}/metrics")
     status, funnel = http(f"{worker_url}/funnel")
     return {
         "seconds": round(elapsed, 1),
@@ -317,5 +393,16 @@ def final_report(
         "dead_lettered": int(total(worker, "journey_events_dead_lettered_total")),
         "duplicates_dropped": int(total(worker, "journey_events_duplicate_total")),
         "transitions": int(total(worker, "journey_stage_transitions_total")),
+        "abandoned": dict(by_label(worker, "journey_abandonments_total", "kind")),
+        "triggers": dict(by_label(worker, "journey_triggers_total", "rule")),
+        "dispatch": dict(by_label(dispatcher, "journey_dispatch_outcomes_total", "outcome")),
+        "emails": emails_in(mailbox),
+        # Watermark passing a deadline -> trigger emitted (bucket upper bounds).
+        "deadline_fire_delay_s": {
+            "count": int(total(worker, "journey_deadline_fire_delay_seconds_count")),
+            "p50_at_most": histogram_quantile(worker, "journey_deadline_fire_delay_seconds", 0.5),
+            "p99_at_most": histogram_quantile(worker, "journey_deadline_fire_delay_seconds", 0.99),
+        },
+        "mailbox": str(mailbox),
         "funnel": json.loads(funnel) if status == 200 else None,
     }

@@ -19,6 +19,8 @@ from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
+import orjson
+
 ROOT = Path(__file__).resolve().parent.parent
 CONFIG_DIR = ROOT / "config"
 ENV_PREFIX = "JOURNEY_"
@@ -74,6 +76,9 @@ class TopicSettings:
     timers: str = "journey.timers"
     dispatch: str = "journey.dispatch"
     dispatch_dlq: str = "journey.dispatch.dlq"
+    #: Identity links for aliases another partition owns (co-partitioned with touchpoints,
+    #: read by ingest beside them, so a link never waits behind a touchpoints backlog).
+    links: str = "journey.links"
     partitions: int = 4
     replication_factor: int = 1
 
@@ -122,12 +127,52 @@ class WorkerSettings:
     #: Event ids remembered per process for exact-duplicate dropping.
     dedupe_capacity: int = 200_000
     standby_replicas: int = 0
-    #: Events forwarded in one packed message to the journey agent.
-    forward_batch: int = 500
+    #: Messages the ingest agent takes per batch; their events are forwarded
+    #: packed, one message per destination partition (up to 512 KB each).
+    #: Larger batches mean fewer journey writes per session (see README "Throughput").
+    forward_batch: int = 2000
+    #: Decoded journey states kept in memory per worker (owned partitions only).
+    state_cache: int = 20_000
     #: Faust's check that a table's persisted offset is not past the changelog's end.
     #: Keep it on with Kafka; the embedded Tansu broker under-reports end offsets
     #: after batched writes, so the embedded stack turns it off.
     recovery_consistency_check: bool = True
+
+
+#: The shipped abandonment rules (see ``[[journey.abandonment]]`` in config/journey.toml).
+DEFAULT_ABANDONMENT: tuple[Mapping[str, Any], ...] = (
+    {
+        "name": "cart",
+        "requires": "cart",
+        "start": ["add_to_cart"],
+        "restart": ["add_to_cart", "remove_from_cart"],
+        "cancel": ["checkout_started", "purchase", "pos_purchase"],
+        "wait_s": 1800,
+        "template": "cart_abandoned",
+    },
+    {
+        "name": "checkout",
+        "requires": "checkout",
+        "start": ["checkout_started"],
+        "cancel": ["purchase", "pos_purchase"],
+        "wait_s": 900,
+        "template": "checkout_abandoned",
+    },
+    {
+        "name": "browse",
+        "requires": "session_views",
+        "start": ["product_view"],
+        "restart": ["product_view"],
+        "min_count": 3,
+        "cancel": ["add_to_cart", "checkout_started", "purchase", "pos_purchase"],
+        "wait_s": 3600,
+        "template": "browse_abandoned",
+    },
+)
+DEFAULT_FOLLOWUPS: tuple[Mapping[str, Any], ...] = (
+    {"name": "welcome", "to_stage": "$purchase", "template": "welcome", "first_time": True},
+    {"name": "thank_you", "to_stage": "$loyalty", "template": "thank_you", "first_time": True},
+)
 
 
 @dataclass(frozen=True)
@@ -141,6 +186,14 @@ class JourneySettings:
     #: Keep it above the consumer's fetch wait (1.5 s in Faust) so the worker's own
     #: messages in flight (identity merges) show in the end offsets first.
     idle_s: float = 3.0
+    #: Abandonment rules: start/cancel/restart event types, a wait and a template.
+    abandonment: tuple[Mapping[str, Any], ...] = DEFAULT_ABANDONMENT
+    #: Follow-ups on entering a stage (``$purchase``/``$loyalty`` name the model's).
+    followups: tuple[Mapping[str, Any], ...] = DEFAULT_FOLLOWUPS
+    #: Inactivity that ends a browsing session (events without a session id).
+    session_gap_s: float = 1800.0
+    #: A purchase this soon after an abandonment counts as a recovery.
+    recovery_within_s: float = 7 * 86_400.0
 
 
 @dataclass(frozen=True)
@@ -148,7 +201,51 @@ class PosSettings:
     checkpoint: str = "var/pos/checkpoint.json"
     rejects: str = "var/pos/rejects.jsonl"
     default_currency: str = "EUR"
+    #: ``GET /metrics`` for Prometheus on this port (0: not served).
     metrics_port: int = 0
+    metrics_host: str = "127.0.0.1"
+
+
+@dataclass(frozen=True)
+class DispatchSettings:
+    """The follow-up dispatcher (``journey dispatcher``): Redis guards, rendering, tracking."""
+
+    #: The dispatcher's HTTP port: GET /metrics and GET /ready.
+    web_host: str = "127.0.0.1"
+    web_port: int = 6067
+    #: Prefix of every Redis key the dispatcher and ``journey suppress`` use.
+    key_prefix: str = "journey:dispatch:"
+    #: How long an in-flight idempotency claim lives; must outlast all send attempts.
+    claim_ttl_s: float = 120.0
+    #: How long a sent (or otherwise decided) trigger id is remembered.
+    sent_retention_s: float = 30 * 86400.0
+    #: Frequency cap: at most ``cap_max`` follow-ups per customer per ``cap_window_s``.
+    cap_max: int = 2
+    cap_window_s: float = 86400.0
+    #: Quiet hours in the customer's local time, "HH:MM" or "HH:MM:SS"; equal = none.
+    quiet_start: str = "21:00"
+    quiet_end: str = "08:00"
+    #: IANA zone used when a trigger carries none.
+    default_timezone: str = "UTC"
+    #: How long a send waits for the signal consumer to reach the resolved topic's end.
+    signal_wait_s: float = 5.0
+    #: Re-check delay when signals lag or another dispatcher holds the claim.
+    recheck_delay_s: float = 5.0
+    #: Attempts per trigger on SMTP/Redis errors, with exponential backoff, then the DLQ.
+    max_attempts: int = 5
+    retry_backoff_s: float = 0.5
+    retry_backoff_max_s: float = 30.0
+    #: How often due quiet-hours entries are released, and how long a taken one is leased.
+    schedule_poll_s: float = 1.0
+    schedule_lease_s: float = 120.0
+    #: Links in emails point here (only this host is a valid click-redirect target).
+    shop_base_url: str = "https://shop.example.com"
+    #: Public base URL of the collector's /e/ tracking endpoints.
+    tracking_base_url: str = "http://127.0.0.1:8088"
+    #: HMAC key for tracking tokens (open, click, unsubscribe links). Change it.
+    tracking_secret: str = "change-me"
+    templates_dir: str = "config/templates"
+    smtp_timeout_s: float = 10.0
 
 
 @dataclass(frozen=True)
@@ -161,6 +258,7 @@ class Settings:
     worker: WorkerSettings = field(default_factory=WorkerSettings)
     journey: JourneySettings = field(default_factory=JourneySettings)
     pos: PosSettings = field(default_factory=PosSettings)
+    dispatch: DispatchSettings = field(default_factory=DispatchSettings)
 
     def with_broker(self, url: str) -> Settings:
         """A copy pointing at ``url`` (used once the embedded broker is up)."""
@@ -174,6 +272,9 @@ class Settings:
 
 def _coerce(value: Any, annotation: Any) -> Any:
     target = typing.get_origin(annotation) or annotation
+    if target is tuple:
+        # Lists of tables (abandonment rules); JSON in the environment.
+        return tuple(orjson.loads(value) if isinstance(value, str) else value)
     if isinstance(target, type) and issubclass(target, Mapping):
         if isinstance(value, str):
             # "k1=v1,k2=v2" from the environment.
@@ -237,7 +338,7 @@ def as_dict(settings: Settings) -> dict[str, Any]:
     out = dataclasses.asdict(settings)
     for section in out.values():
         for key in section:
-            if "password" in key and section[key]:
+            if ("password" in key or "secret" in key) and section[key]:
                 section[key] = "***"
     return out
 
@@ -249,7 +350,9 @@ def to_environ(settings: Settings) -> dict[str, str]:
         values = getattr(settings, section.name)
         for f in fields(values):
             value = getattr(values, f.name)
-            if isinstance(value, Mapping):
+            if isinstance(value, tuple):
+                text = orjson.dumps(value).decode()
+            elif isinstance(value, Mapping):
                 text = ",".join(f"{k}={v}" for k, v in value.items())
             elif isinstance(value, bool):
                 text = "true" if value else "false"

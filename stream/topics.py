@@ -5,7 +5,9 @@ from __future__ import annotations
 import contextlib
 import time
 from collections.abc import Mapping
+from typing import Any
 
+from kafka import KafkaConsumer, TopicPartition
 from kafka.admin import KafkaAdminClient, NewTopic
 from kafka.errors import TopicAlreadyExistsError
 
@@ -28,3 +30,46 @@ def create_topics(
             time.sleep(0.1)
     finally:
         admin.close()
+
+
+def read_topic(bootstrap: str, topic: str, timeout_s: float = 10.0) -> list[Any]:
+    """Every record on ``topic`` when called (all partitions, from the beginning).
+
+    Reads each partition up to the larger of the end offset listed at call time
+    and the high watermark of its first fetch response: the embedded Tansu
+    broker under-reports listed end offsets right after a batched write, while
+    its fetch responses carry the true high watermark. Records written after
+    that are not chased, so a topic that is being written to all the time (the
+    worker's event-time marks) still reads in bounded time.
+    """
+    consumer = KafkaConsumer(
+        bootstrap_servers=bootstrap,
+        enable_auto_commit=False,
+        group_id=None,
+        # Tansu answers a fetch with whole batches, beyond kafka-python's 1 MB frame default.
+        receive_message_max_bytes=64 << 20,
+    )
+    try:
+        parts = consumer.partitions_for_topic(topic) or set()
+        tps = [TopicPartition(topic, p) for p in sorted(parts)]
+        if not tps:
+            return []
+        consumer.assign(tps)
+        consumer.seek_to_beginning(*tps)
+        target: dict[TopicPartition, int] = dict(consumer.end_offsets(tps))
+        fetched: set[TopicPartition] = set()
+        out: list[Any] = []
+        deadline = time.monotonic() + timeout_s
+        while any(consumer.position(tp) < target[tp] for tp in tps):
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"could not read {topic} to its end in {timeout_s}s")
+            for tp, records in consumer.poll(timeout_ms=200).items():
+                out.extend(records)
+                if tp not in fetched:
+                    fetched.add(tp)
+                    highwater = consumer.highwater(tp)
+                    if highwater is not None:
+                        target[tp] = max(target[tp], highwater)
+        return out
+    finally:
+        consumer.close()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -41,6 +42,16 @@ def redis_server(stack_dir: Path) -> Iterator[object]:
 
 
 @pytest.fixture
+def smtp(tmp_path: Path) -> Iterator[Any]:
+    """A real SMTP server (aiosmtpd) writing each message to a maildir."""
+    from stream.embedded import SmtpCatcher
+
+    catcher = SmtpCatcher(tmp_path / "mail").start()
+    yield catcher
+    catcher.stop()
+
+
+@pytest.fixture
 def unique() -> str:
     """A short unique suffix so tests sharing the session broker never collide."""
     return uuid.uuid4().hex[:8]
@@ -58,6 +69,7 @@ def settings(broker: object, unique: str, tmp_path: Path) -> Settings:
         "timers": f"journey.timers-{unique}",
         "dispatch": f"journey.dispatch-{unique}",
         "dispatch_dlq": f"journey.dispatch.dlq-{unique}",
+        "links": f"journey.links-{unique}",
         "partitions": 4,
     }
     return load_settings(

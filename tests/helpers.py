@@ -4,43 +4,13 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import TypeVar
 
-from kafka import KafkaConsumer, TopicPartition
+from stream.topics import read_topic
+
+__all__ = ["read_topic", "wait_for"]
 
 T = TypeVar("T")
-
-
-def read_topic(bootstrap: str, topic: str, timeout_s: float = 10.0) -> list[Any]:
-    """Every record currently on ``topic`` (all partitions, from the beginning).
-
-    Reads up to the end offsets taken at call time, so it returns as soon as
-    everything already acknowledged has been read.
-    """
-    consumer = KafkaConsumer(
-        bootstrap_servers=bootstrap,
-        enable_auto_commit=False,
-        group_id=None,
-        consumer_timeout_ms=int(timeout_s * 1000),
-    )
-    try:
-        parts = consumer.partitions_for_topic(topic) or set()
-        tps = [TopicPartition(topic, p) for p in sorted(parts)]
-        if not tps:
-            return []
-        consumer.assign(tps)
-        consumer.seek_to_beginning(*tps)
-        end = consumer.end_offsets(tps)
-        out: list[Any] = []
-        deadline = time.monotonic() + timeout_s
-        while any(consumer.position(tp) < end[tp] for tp in tps):
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"could not read {topic} to its end in {timeout_s}s")
-            for records in consumer.poll(timeout_ms=200).values():
-                out.extend(records)
-        return out
-    finally:
-        consumer.close()
 
 
 def wait_for(

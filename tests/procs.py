@@ -78,6 +78,25 @@ class Service:
     def kill(self) -> None:
         self.stop(signal.SIGKILL)
 
+    @property
+    def url(self) -> str:
+        raise NotImplementedError
+
+    def wait_ready(self, timeout: float = 90.0) -> Service:
+        """Wait for ``GET {url}/ready`` to answer 200; fail with the log if it exits."""
+        name = self.args[0]
+
+        def probe() -> tuple[int, Any]:
+            if not self.alive():
+                raise AssertionError(f"{name} exited:\n{self.log_tail()}")
+            return http_get(f"{self.url}/ready")
+
+        try:
+            wait_for(probe, lambda r: r[0] == 200, timeout_s=timeout, every_s=0.3)
+        except AssertionError as exc:
+            raise AssertionError(f"{exc}\n--- {name} log ---\n{self.log_tail()}") from None
+        return self
+
 
 class Worker(Service):
     def __init__(self, settings: Settings, log_path: Path, web_port: int | None = None):
@@ -88,17 +107,6 @@ class Worker(Service):
     @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.web_port}"
-
-    def wait_ready(self, timeout: float = 90.0) -> None:
-        def probe() -> tuple[int, Any]:
-            if not self.alive():
-                raise AssertionError(f"worker exited:\n{self.log_tail()}")
-            return http_get(f"{self.url}/ready")
-
-        try:
-            wait_for(probe, lambda r: r[0] == 200, timeout_s=timeout, every_s=0.3)
-        except AssertionError as exc:
-            raise AssertionError(f"{exc}\n--- worker log ---\n{self.log_tail()}") from None
 
     def metric(self, name: str, **labels: str) -> float:
         """Sum of a metric's samples matching ``labels`` on this worker's /metrics."""
@@ -115,3 +123,124 @@ class Worker(Service):
                 ):
                     total += sample.value
         return total
+
+
+class PrometheusServer:
+    """A real Prometheus server (Debian's ``prometheus``) on a free loopback port.
+
+    Runs with its own config and TSDB directory under ``workdir``, so a system
+    Prometheus (if any) is never touched.
+    """
+
+    def __init__(self, workdir: Path, scrape_configs: list[dict[str, Any]], interval_s: float = 1):
+        import shutil
+
+        binary = shutil.which("prometheus")
+        if binary is None:
+            raise AssertionError(
+                "prometheus is not installed: `apt-get install -y prometheus` (.ci/run does it)"
+            )
+        self.binary = binary
+        self.workdir = workdir
+        self.port = free_port()
+        self.config = {
+            "global": {
+                "scrape_interval": f"{interval_s}s",
+                "evaluation_interval": f"{interval_s}s",
+            },
+            "scrape_configs": scrape_configs,
+        }
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self) -> PrometheusServer:
+        from stream.embedded.stack import parent_death_hook
+
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        config = self.workdir / "prometheus.yml"
+        # JSON is YAML: Prometheus reads it as is.
+        config.write_bytes(orjson.dumps(self.config, option=orjson.OPT_INDENT_2))
+        self.log_path = self.workdir / "prometheus.log"
+        with self.log_path.open("ab") as log:
+            self.proc = subprocess.Popen(
+                [
+                    self.binary,
+                    f"--config.file={config}",
+                    f"--storage.tsdb.path={self.workdir / 'data'}",
+                    f"--web.listen-address=127.0.0.1:{self.port}",
+                    "--storage.tsdb.retention.time=1h",
+                ],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                preexec_fn=parent_death_hook(),
+            )
+
+        def probe() -> int:
+            if self.proc is not None and self.proc.poll() is not None:
+                raise AssertionError(f"prometheus exited:\n{self.log_path.read_text()[-3000:]}")
+            return http_get(f"{self.url}/-/ready")[0]
+
+        wait_for(probe, lambda status: status == 200, timeout_s=30, every_s=0.2)
+        return self
+
+    def query(self, expr: str) -> dict[str, Any]:
+        """``/api/v1/query`` at now: the decoded answer (``status``, ``data`` or ``error``)."""
+        from urllib.parse import urlencode
+
+        status, body = http_get(f"{self.url}/api/v1/query?{urlencode({'query': expr})}")
+        if not isinstance(body, dict):
+            return {"status": "error", "error": f"HTTP {status}: {body}"}
+        return body
+
+    def targets(self) -> list[dict[str, Any]]:
+        status, body = http_get(f"{self.url}/api/v1/targets")
+        return list(body["data"]["activeTargets"]) if status == 200 else []
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(20)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+
+def dispatch_settings(
+    settings: Settings, redis_url: str, smtp_port: int, **dispatch: Any
+) -> Settings:
+    d = {
+        "key_prefix": f"test-{settings.worker.app_id}:",
+        "web_port": free_port(),
+        "quiet_start": "00:00",
+        "quiet_end": "00:00",
+        "max_attempts": 3,
+        "retry_backoff_s": 0.1,
+        "retry_backoff_max_s": 0.5,
+        "schedule_poll_s": 0.3,
+        "signal_wait_s": 5.0,
+        "recheck_delay_s": 1.0,
+        "shop_base_url": "https://shop.example.com",
+        "tracking_base_url": "http://collector.test",
+        "tracking_secret": "test-secret",
+        **dispatch,
+    }
+    return replace(
+        settings,
+        redis=replace(settings.redis, url=redis_url),
+        smtp=replace(settings.smtp, host="127.0.0.1", port=smtp_port),
+        dispatch=replace(settings.dispatch, **d),
+    )
+
+
+class Dispatcher(Service):
+    def __init__(self, settings: Settings, log_path: Path) -> None:
+        super().__init__(["dispatcher", "--loglevel", "info"], settings, log_path, {})
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.settings.dispatch.web_port}"

@@ -18,6 +18,7 @@ import ctypes
 import ctypes.util
 import email
 import email.policy
+import logging
 import os
 import re
 import shutil
@@ -354,6 +355,9 @@ class SmtpCatcher:
     def start(self) -> SmtpCatcher:
         """Start serving; returns once the server accepts connections."""
         from aiosmtpd.controller import Controller
+
+        # aiosmtpd logs every SMTP command at INFO; the .eml files say what arrived.
+        logging.getLogger("mail.log").setLevel(logging.WARNING)
 
         if self._controller is not None:
             return self

@@ -1,28 +1,36 @@
 """Ingest agent: validate, drop exact duplicates, resolve identity, forward or dead-letter.
 
-Consumes ``touchpoints`` (keyed by raw id, one event or a JSON array per
-message). Invalid input goes to ``journey.dlq`` with the original bytes and
-the reason in headers; valid events go to ``touchpoints.resolved`` keyed by
-journey key, packed as one message per destination partition per batch (see
+Consumes ``touchpoints`` (one event or a JSON array per message; an array may
+pack events of several raw ids that all hash to the message's partition, see
+``stream.contract``; an event of a packed message that does not is re-routed to
+its own partition, where its identity records live). Invalid input goes to
+``journey.dlq`` with the original bytes and the reason in headers; valid events
+go to ``touchpoints.resolved`` keyed by journey key, packed as one message per
+destination partition per batch (see
 ``contract.dumps_groups``) so the journey agent pays Faust's per-message cost
 once for many events.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 import weakref
 from collections import defaultdict
+from collections.abc import Callable
 from typing import Any
 
 import faust
 from faust.streams import _current_event
+from faust.types import TP
 
 from stream import contract
+from stream.app import Handoff, read_raw
 from stream.contract import Rejected, Touchpoint
 from stream.ingest.dedupe import RecentIds
 from stream.ingest.identity import resolve
+from stream.journey.clock import NEVER
 from stream.observability import metrics as m
 from stream.settings import Settings
 
@@ -30,6 +38,16 @@ log = logging.getLogger(__name__)
 
 #: How long ingest waits to fill a batch before forwarding what it has.
 BATCH_WINDOW_S = 0.05
+#: Packed ``touchpoints.resolved`` values stay below this (the producer's
+#: request limit and Kafka's default message.max.bytes are ~1 MB).
+MAX_FORWARD_BYTES = 512 * 1024
+#: Identity links per packed ``touchpoints`` message (each well under 1 KB).
+MAX_PACKED_LINKS = 500
+#: How many ``touchpoints.resolved`` messages ingest may be ahead of this
+#: worker's journey agent on a partition it owns (see ``keep_pace``).
+MAX_AHEAD_MESSAGES = 8
+#: Longest ingest waits after a batch for the journey agent to catch up.
+MAX_AHEAD_WAIT_S = 2.0
 
 
 def dlq_headers(reason: str, event: Any, index: int | None, stage: str) -> dict[str, bytes]:
@@ -46,14 +64,16 @@ def dlq_headers(reason: str, event: Any, index: int | None, stage: str) -> dict[
     return headers
 
 
-def register_ingest(
-    app: faust.App, settings: Settings, topics: Any, processed: dict[Any, int]
-) -> None:
+def register_ingest(app: faust.App, settings: Settings, topics: Any, shell: Any) -> None:
     """Register the ingest agent and the identity table on ``app``.
 
-    ``processed`` (topic-partition -> last offset handled) is shared with the
-    journey shell, which uses it to tell whether the worker is caught up.
+    ``shell`` (the journey shell) keeps the offsets handled per topic-partition
+    and each source partition's event-time progress, which it sends on as marks
+    once the events they cover were forwarded.
+    Its ``handoff`` spares the journey agent decoding what this agent just encoded.
     """
+    processed: dict[Any, int] = shell.processed
+    handoff: Handoff | None = shell.handoff
     recent = RecentIds(settings.worker.dedupe_capacity)
     links_sent = RecentIds(settings.worker.dedupe_capacity)
     identities = app.Table(
@@ -65,13 +85,35 @@ def register_ingest(
     )
 
     def lookup(raw_key: str) -> str | None:
-        value = identities.get(raw_key.encode())
+        value = read_raw(identities, raw_key.encode())
         return value.decode() if value is not None else None
 
     resolved_name = settings.topics.resolved
+    touchpoints_name = settings.topics.touchpoints
     batch_size = settings.worker.forward_batch
 
-    @app.agent(topics.touchpoints, name="ingest")
+    def partition_lookup(topic: str) -> Callable[[str], int]:
+        """The partition of ``topic`` a key hashes to, cached (at most 100,000 keys)."""
+        cache: dict[str, int] = {}
+
+        def partition(key: str) -> int:
+            p = cache.get(key)
+            if p is None:
+                if len(cache) >= 100_000:
+                    cache.clear()
+                p = cache[key] = int(app.producer.key_partition(topic, key.encode()).partition)
+            return p
+
+        return partition
+
+    #: The ``touchpoints`` partition a raw id hashes to.
+    home_partition = partition_lookup(touchpoints_name)
+    #: The ``touchpoints.resolved`` partition a journey key hashes to.
+    partition_of = partition_lookup(resolved_name)
+
+    links_name = settings.topics.links
+
+    @app.agent(topics.ingest_source, name="ingest")
     async def ingest(stream: faust.StreamT) -> None:
         # Batches of events: Faust's per-message send cost is paid once per
         # destination partition per batch instead of once per event. Events are
@@ -80,14 +122,22 @@ def register_ingest(
         batches = stream.take_events(batch_size, within=BATCH_WINDOW_S)  # type: ignore[attr-defined]
         async for events in batches:
             by_key: dict[str, list[Touchpoint]] = defaultdict(list)
+            ingested: dict[tuple[str, str], int] = defaultdict(int)
+            links_out: dict[int, list[Touchpoint]] = defaultdict(list)
             now_ms = int(time.time() * 1000)
+            newest: dict[int, int] = {}
             for event in events:
                 processed[event.message.tp] = event.message.offset
+                source = event.message.partition
+                is_link = event.message.topic == links_name
+                if not is_link:
+                    newest.setdefault(source, NEVER)
                 raw = event.value
                 if raw is None:
                     continue
                 # Table reads and writes belong to this event's partition.
                 _current_event.set(weakref.ref(event))
+                msg_key = event.key.decode(errors="replace") if event.key else None
                 for item in contract.decode_message(raw):
                     if isinstance(item, Rejected):
                         m.DLQ.labels(reason=item.kind).inc()
@@ -95,6 +145,14 @@ def register_ingest(
                             key=event.key,
                             value=item.raw,
                             headers=dlq_headers(item.reason, event, item.index, "ingest"),
+                        )
+                        continue
+                    raw_key = item.routing_key
+                    if raw_key != msg_key and home_partition(raw_key) != event.message.partition:
+                        # Packed by a producer with another partitioner: send it home.
+                        m.REROUTED.inc()
+                        await topics.touchpoints.send(
+                            key=raw_key.encode(), value=contract.dumps(item)
                         )
                         continue
                     if recent.seen(item.event_id):
@@ -109,20 +167,79 @@ def register_ingest(
                         by_key[orphan].append(merge)
                     for alias, link in res.links:
                         if not links_sent.seen(link.event_id):
-                            await topics.touchpoints.send(
-                                key=alias.encode(), value=contract.dumps(link)
-                            )
+                            links_out[home_partition(alias)].append(link)
+                    if not is_link and item.timestamp > newest[source]:
+                        newest[source] = item.timestamp
                     if item.source == contract.INTERNAL_SOURCE:
                         continue
-                    m.INGESTED.labels(channel=item.channel, type=m.type_label(item)).inc()
+                    ingested[item.channel, m.type_label(item)] += 1
                     m.EVENT_TIME_LAG.observe(max(0.0, (now_ms - item.timestamp) / 1000))
                     by_key[res.journey_key].append(item)
+            # Links for aliases other partitions own, packed per partition (see
+            # ``stream.contract``), on ``journey.links``: co-partitioned with
+            # touchpoints and read beside them, so a link (and the journey
+            # waiting for its answer) never queues behind a touchpoints backlog.
+            for partition, links in links_out.items():
+                for i in range(0, len(links), MAX_PACKED_LINKS):
+                    chunk = links[i : i + MAX_PACKED_LINKS]
+                    await topics.links.send(
+                        key=chunk[0].routing_key.encode(),
+                        value=contract.dumps(chunk[0])
+                        if len(chunk) == 1
+                        else contract.dumps_many(chunk),
+                        partition=partition,
+                    )
+            for (channel, type_), n in ingested.items():
+                m.INGESTED.labels(channel=channel, type=type_).inc(n)
             by_partition: dict[int, list[tuple[str, list[Touchpoint]]]] = defaultdict(list)
             for key, tps in by_key.items():
                 by_partition[partition_of(key)].append((key, tps))
             for partition, groups in by_partition.items():
-                await topics.resolved.send(value=contract.dumps_groups(groups), partition=partition)
+                for value, held in contract.pack_groups_with(groups, MAX_FORWARD_BYTES):
+                    fut = await topics.resolved.send(value=value, partition=partition)
+                    fut.add_done_callback(remember(handoff, partition, value, held))
+            await keep_pace()
 
-    def partition_of(journey_key: str) -> int:
-        """The ``touchpoints.resolved`` partition a journey key hashes to."""
-        return int(app.producer.key_partition(resolved_name, journey_key.encode()).partition)
+            # Only now (the batch handed to the producer) may the marks cover it.
+            for source, t in newest.items():
+                shell.observe_source(source, t, now_ms)
+
+    #: ``touchpoints.resolved`` partition -> offset of the last message ingest sent.
+    sent_upto: dict[int, int] = {}
+
+    def remember(handoff: Handoff | None, partition: int, value: bytes, held: Any) -> Any:
+        def sent(fut: Any) -> None:
+            if not fut.cancelled() and fut.exception() is None:
+                offset = fut.result().offset
+                if offset > sent_upto.get(partition, -1):
+                    sent_upto[partition] = offset
+                if handoff is not None:
+                    handoff.put(partition, offset, value, held)
+
+        return sent
+
+    async def keep_pace() -> None:
+        """Wait while this worker's journey agent is far behind what ingest sent it.
+
+        Identity links are answered through ``touchpoints.resolved`` (the
+        orphan journey's partition, then the customer's); a journey waits for
+        those answers at most ``LINK_ACK_TIMEOUT_MS`` of wall time. Were ingest
+        free to run ahead through a backlog, the answers would queue behind
+        everything it forwarded and arrive too late. So ingest stays at most
+        ``MAX_AHEAD_MESSAGES`` packed messages ahead on each resolved partition
+        this worker owns (bounded to ``MAX_AHEAD_WAIT_S`` per batch, and not
+        while rebalancing; partitions other workers own are not waited for).
+        """
+        deadline = time.monotonic() + MAX_AHEAD_WAIT_S
+        while not (app.rebalancing or app.in_recovery):
+            owned = app.consumer.assignment()
+            behind = False
+            for partition, sent in sent_upto.items():
+                tp = TP(resolved_name, partition)
+                done = processed.get(tp)
+                if done is not None and tp in owned and sent - done > MAX_AHEAD_MESSAGES:
+                    behind = True
+                    break
+            if not behind or time.monotonic() > deadline:
+                return
+            await asyncio.sleep(0.005)

@@ -13,8 +13,8 @@ so a lookup is always local to the partition being processed.
   that alias is told to merge into the customer's (a ``merge`` message keyed by
   the orphan, on the same ordered topic the orphan's own events travel). Links
   for aliases keyed in other partitions are sent as ``link`` messages to the
-  ``touchpoints`` topic, keyed by the alias, so the partition that owns the
-  alias records it.
+  ``journey.links`` topic (co-partitioned with ``touchpoints``), on the
+  partition of the alias, so the partition that owns the alias records it.
 """
 
 from __future__ import annotations
@@ -61,7 +61,9 @@ def resolve(tp: Touchpoint, lookup: Callable[[str], str | None]) -> Resolution:
         res = Resolution(journey_key="")
         if lookup(key) != linked_to:
             res.record = (key, linked_to)
-            res.merges.append((orphan_key(key), _merge(tp, key, linked_to)))
+        # Always: the orphan journey answers the customer's journey, which waits
+        # for that answer before it settles (see JourneyShell.held).
+        res.merges.append((orphan_key(key), _merge(tp, key, linked_to)))
         return res
     customer = tp.customer_id
     if customer is None:

@@ -1,33 +1,50 @@
-"""Journey agent: per-customer state in a changelog-backed table, stage transitions out.
+"""Journey agent: per-customer state in a changelog-backed table; transitions and triggers out.
 
 Consumes ``touchpoints.resolved`` (packed arrays keyed by journey key) and the
 co-partitioned ``journey.timers`` (check messages the timer sends for journeys
 whose pending events or deadlines the watermark has passed). Every table write
 happens here, with a current event, so it goes through the changelog; the timer
 only reads the in-memory due index and sends messages.
+
+Throughput (see README "Throughput"): the agent takes messages in batches
+(``take_events``). ``load`` and ``save`` go through a per-batch working set, so
+a journey touched by several messages of one batch is decoded once and written
+to the table (RocksDB + changelog) once, when the batch ends and before its
+offsets are acked; and through a bounded cache of decoded states of the
+partitions this worker owns (it is their only writer), cleared on every
+rebalance and recovery, so a journey seen again soon is not decoded again.
 """
 
 from __future__ import annotations
 
+import contextlib
+import heapq
 import logging
 import time
+import weakref
 from collections import defaultdict
 from collections.abc import Iterable
+from dataclasses import replace
 from typing import Any
 
 import faust
 import orjson
+from faust.streams import _current_event
 from faust.types import TP
 
 from stream import contract
+from stream.app import Handoff, read_raw
 from stream.contract import Touchpoint
 from stream.ingest.identity import MERGE
 from stream.journey import rules
-from stream.journey.clock import DueIndex, PartitionClock
-from stream.journey.stages import StageModel, load_model
+from stream.journey.clock import NEVER, DueIndex, MergedClock, PartitionClock
+from stream.journey.model import journey_model
+from stream.journey.rules import Effect
+from stream.journey.stages import StageModel
 from stream.journey.state import JourneyState, Transition
 from stream.observability import metrics as m
-from stream.settings import CONFIG_DIR, Settings
+from stream.settings import Settings
+from stream.triggers.trigger import ABANDONMENT, Trigger
 
 log = logging.getLogger(__name__)
 
@@ -35,10 +52,35 @@ MERGE_IN = "merge_in"
 TIMER_INTERVAL_S = 0.25
 #: How often end offsets are fetched from the broker to tell whether input is read.
 PROGRESS_INTERVAL_S = 0.5
+#: A partition with a batch this recent settles its due journeys itself; the timer
+#: sends check messages only for quiet ones (a check would queue behind a backlog).
+BATCH_QUIET_S = 2.0
+#: How long a journey waits for an identity link's answer before settling anyway.
+LINK_ACK_TIMEOUT_MS = 30_000
+#: How often source partitions send their event-time marks to the journey partitions.
+MARK_INTERVAL_S = 0.25
+#: Messages the journey agent takes per batch, and how long it waits to fill one.
+BATCH_MESSAGES = 256
+BATCH_WINDOW_S = 0.2
 
 
 def now_ms() -> int:
     return int(time.time() * 1000)
+
+
+def linked_aliases(tp: Touchpoint) -> list[str]:
+    """Aliases ingest links to ``tp.customer_id`` (each answered by a ``merge_in``)."""
+    key = tp.routing_key
+    out = [key] if key != tp.customer_id else []
+    out.extend(a for a in contract.alias_ids(tp) if a != key)
+    return out
+
+
+def identity_ready(effect: Effect, at: int) -> Effect:
+    """Tag a trigger released by identity links answering at ``at`` (wall ms)."""
+    if isinstance(effect, Trigger):
+        return replace(effect, extra={**effect.extra, "identity_ready_at": at})
+    return effect
 
 
 def counted_stage(state: JourneyState | None) -> str | None:
@@ -46,6 +88,18 @@ def counted_stage(state: JourneyState | None) -> str | None:
     if state is None or state.merged_into is not None:
         return None
     return state.stage
+
+
+def observe_time_in_stage(state: JourneyState, effects: list[Effect]) -> None:
+    """Observe how long (event time) ``state`` stayed in each stage it just left."""
+    for tr in effects:
+        if not isinstance(tr, Transition) or tr.from_stage is None:
+            continue
+        for visit in reversed(state.history):
+            if visit.stage == tr.from_stage and visit.left_at == tr.at:
+                seconds = (visit.left_at - visit.entered_at) / 1000
+                m.TIME_IN_STAGE.labels(stage=tr.from_stage).observe(max(0.0, seconds))
+                break
 
 
 class JourneyShell:
@@ -64,26 +118,59 @@ class JourneyShell:
             key_type=bytes,
             value_type=bytes,
         )
-        self.clocks: dict[int, PartitionClock] = defaultdict(
-            lambda: PartitionClock(self.lateness_ms, idle_ms=int(settings.journey.idle_s * 1000))
+        #: Journey partition -> watermark merged from every source's marks.
+        self.clocks: dict[int, MergedClock] = defaultdict(
+            lambda: MergedClock(self.lateness_ms, sources=settings.topics.partitions)
         )
+        #: Source (touchpoints) partition -> its event-time progress, for marks.
+        self.sources: dict[int, PartitionClock] = defaultdict(
+            lambda: PartitionClock(0, idle_ms=int(settings.journey.idle_s * 1000))
+        )
+        self._marks_sent: dict[int, tuple[int, float]] = {}
+        #: Journeys waiting for identity links: (wall ms their wait runs out, partition, key).
+        self._held: list[tuple[int, int, str]] = []
+        #: When each journey partition last had a batch (monotonic seconds).
+        self._last_batch: dict[int, float] = {}
         self.due: dict[int, DueIndex] = defaultdict(DueIndex)
-        #: Offsets this worker processed, per topic-partition, for "caught up".
+        #: Offsets this worker processed, per topic-partition.
         self.processed: dict[TP, int] = {}
+        #: Whether each assigned input partition is read to its end (refreshed by a timer).
+        self.read_to_end: dict[TP, bool] = {}
         self.stage_counts: dict[int, dict[str, int]] = defaultdict(lambda: defaultdict(int))
         self._gauge_partitions: set[int] = set()
         self._first_applied = False
-        self._caught_up_since: float | None = None
-        self._input_read = False
+        #: Decoded states of owned partitions, least recently saved first.
+        self.cache: dict[str, JourneyState] = {}
+        self.cache_size = settings.worker.state_cache
+        #: This batch's states to write: key -> (state, an event of its partition).
+        self.dirty: dict[str, tuple[JourneyState, faust.EventT]] = {}
+        self._event: faust.EventT | None = None
+        #: Decoded values the ingest agent of this process just sent us.
+        self.handoff = Handoff()
 
     # -- table ------------------------------------------------------------
     def load(self, key: str) -> JourneyState | None:
-        raw = self.table.get(key.encode())
+        """The journey's latest state: this batch's, else cached, else the table's."""
+        entry = self.dirty.get(key)
+        if entry is not None:
+            return entry[0]
+        state = self.cache.get(key)
+        if state is not None:
+            return state
+        raw = read_raw(self.table, key.encode())
         return JourneyState.loads(raw) if raw is not None else None
 
     def save(self, partition: int, state: JourneyState, before: str | None) -> None:
-        """Write ``state``; ``before`` is :func:`counted_stage` of what was loaded."""
-        self.table[state.key.encode()] = state.dumps()
+        """Stage ``state`` for writing at the end of the batch (:meth:`flush`).
+
+        ``before`` is :func:`counted_stage` of what was loaded. Outside a batch
+        (no event being handled) it is written at once.
+        """
+        event = self._event
+        if event is None:
+            self._write(state)
+        else:
+            self.dirty[state.key] = (state, event)
         after = counted_stage(state)
         if before != after:
             counts = self.stage_counts[partition]
@@ -93,35 +180,72 @@ class JourneyShell:
                 counts[after] += 1
         self.due[partition].schedule(state.key, rules.next_due(state, self.model))
 
-    # -- watermark ------------------------------------------------------------
-    def caught_up(self) -> bool:
-        """True once the worker has stayed read to the end of its input for ``idle_s``.
+    def _write(self, state: JourneyState) -> None:
+        self.table[state.key.encode()] = state.dumps()
+        cache = self.cache
+        cache.pop(state.key, None)
+        cache[state.key] = state
+        if len(cache) > self.cache_size:
+            del cache[next(iter(cache))]
 
-        The end offsets come from the broker on every timer tick (the fetcher's
-        cached high watermarks can be over a second old), and the worker must
-        *stay* caught up for ``idle_s``, which covers messages it is itself
-        about to add (identity links and merges) that no end offset shows yet.
+    def flush(self) -> None:
+        """Write every journey this batch changed, once each (RocksDB + changelog)."""
+        dirty, self.dirty = self.dirty, {}
+        current = None
+        for state, event in dirty.values():
+            # Table writes go to the partition of the current event.
+            if event is not current:
+                _current_event.set(weakref.ref(event))
+                current = event
+            self._write(state)
+
+    def discard(self) -> None:
+        """Forget unwritten and cached states (a failed batch: they may be half-applied)."""
+        self.dirty.clear()
+        self.cache.clear()
+        self._event = None
+
+    async def on_batch(self, events: list[faust.EventT]) -> None:
+        """Handle a batch of messages of both input topics, then write what changed.
+
+        Touchpoints first, per partition (see :meth:`on_touchpoints`), then the
+        timer's checks in arrival order (stale ones are no-ops).
         """
-        if not self._input_read:
-            self._caught_up_since = None
-            return False
-        t = time.monotonic()
-        if self._caught_up_since is None:
-            self._caught_up_since = t
-        return t - self._caught_up_since >= self.settings.journey.idle_s
+        timers_name = self.settings.topics.timers
+        try:
+            by_partition: dict[int, list[faust.EventT]] = defaultdict(list)
+            checks: list[faust.EventT] = []
+            for event in events:
+                if event.message.topic == timers_name:
+                    checks.append(event)
+                else:
+                    by_partition[event.message.partition].append(event)
+            for partition_events in by_partition.values():
+                await self.on_touchpoints(partition_events)
+            for event in checks:
+                self._event = event
+                _current_event.set(weakref.ref(event))
+                await self.on_check(event)
+            self._event = None
+            self.flush()
+        except BaseException:
+            self.discard()
+            raise
 
+    # -- watermark ------------------------------------------------------------
     async def refresh_progress(self) -> None:
-        """Ask the broker for end offsets and record whether all input is read."""
+        """Ask the broker for end offsets and record which inputs are read to the end."""
         consumer = self.app.consumer
         names = {self.settings.topics.touchpoints, self.settings.topics.resolved}
         tps = [tp for tp in consumer.assignment() if tp.topic in names]
         if not tps:
-            self._input_read = False
+            self.read_to_end = {}
             return
         ends = await consumer.highwaters(*tps)
         # Nothing processed yet this session: where the consumer was seeked to.
         read_offsets = getattr(consumer, "_read_offset", {})
-        read = self.app.producer.buffer.pending.qsize() == 0
+        flushed = self.app.producer.buffer.pending.qsize() == 0
+        status: dict[TP, bool] = {}
         for tp in tps:
             done = self.processed.get(tp)
             position = done + 1 if done is not None else (read_offsets.get(tp) or 0)
@@ -129,32 +253,98 @@ class JourneyShell:
             # and the broker's answer now (fresh, but some brokers, Tansu among
             # them, under-report it right after a batched write).
             known = [v for v in (ends.get(tp), consumer.highwater(tp)) if v is not None]
-            if not known or position < max(known):
-                read = False
-                break
-        self._input_read = read
+            status[tp] = flushed and bool(known) and position >= max(known)
+            lag = max(known) - position if known else 0
+            m.CONSUMER_LAG.labels(topic=tp.topic, partition=str(tp.partition)).set(max(0, lag))
+        for gone in set(self.read_to_end) - set(status):
+            m.CONSUMER_LAG.remove(gone.topic, str(gone.partition))
+        self.read_to_end = status
+
+    def observe_source(self, partition: int, newest: int, now: int) -> None:
+        """Ingest forwarded events of source ``partition`` up to event time ``newest``."""
+        self.sources[partition].observe(newest, now)
+
+    async def send_marks(self) -> None:
+        """Send each owned source partition's mark to every journey partition.
+
+        A mark goes out when it moved, and at least every second, so a worker
+        that just took over a journey partition learns every source's progress.
+        """
+        name = self.settings.topics.touchpoints
+        t = now_ms()
+        wall = time.monotonic()
+        for tp, read in list(self.read_to_end.items()):
+            if tp.topic != name:
+                continue
+            mark = self.sources[tp.partition].watermark(t, read)
+            if mark == NEVER:
+                continue
+            last = self._marks_sent.get(tp.partition)
+            if last is not None and last[0] == mark and wall - last[1] < 1.0:
+                continue
+            self._marks_sent[tp.partition] = (mark, wall)
+            body = contract.dumps_mark(tp.partition, mark)
+            for p in range(self.settings.topics.partitions):
+                await self.topics.resolved.send(value=body, partition=p)
 
     def watermark(self, partition: int) -> int:
-        return self.clocks[partition].watermark(now_ms(), self.caught_up())
+        return self.clocks[partition].watermark()
 
     # -- handlers ------------------------------------------------------------
-    async def on_touchpoints(self, event: faust.EventT) -> None:
-        """One packed message: touchpoints of several journeys of this partition."""
-        msg = event.message
-        groups = contract.loads_groups(msg.value or b"[]")
-        clock = self.clocks[msg.partition]
+    async def on_touchpoints(self, events: list[faust.EventT]) -> None:
+        """Packed messages of one partition: touchpoints of several journeys each.
+
+        The source marks among the messages move the partition's clock first;
+        then each journey takes in all of its touchpoints of these messages (in
+        arrival order) and settles to the resulting watermark: one state change,
+        hence one table write, per journey however many messages it is in, and a
+        session the watermark already passed settles in that same write instead
+        of waiting for a timer check.
+        """
+        partition = events[-1].message.partition
+        self._last_batch[partition] = time.monotonic()
+        clock = self.clocks[partition]
         t = now_ms()
         count = 0
-        for _key, tps in groups:
-            count += len(tps)
-            for tp in tps:
-                clock.observe(tp.timestamp, t)
-        self.processed[msg.tp] = msg.offset
-        wm = clock.watermark(t, self.caught_up())
-        transitions: list[Transition] = []
-        for key, tps in groups:
-            transitions.extend(await self.take_in(msg.partition, key, tps, wm))
-        await self.emit(msg.partition, transitions)
+        by_key: dict[str, list[list[Touchpoint]]] = {}
+        for event in events:
+            msg = event.message
+            value = msg.value or b"[]"
+            self.processed[msg.tp] = msg.offset
+            mark = contract.loads_mark(value)
+            if mark is not None:
+                clock.update(mark[0], mark[1], t)
+                continue
+            groups = self.handoff.take(msg.partition, msg.offset, value)
+            if groups is None:
+                groups = contract.loads_groups(value)
+            for key, tps in groups:
+                count += len(tps)
+                segments = by_key.get(key)
+                if segments is None:
+                    by_key[key] = [tps]
+                else:
+                    segments.append(tps)
+        wm = clock.watermark()
+        self._event = events[-1]
+        _current_event.set(weakref.ref(events[-1]))
+        effects: list[Effect] = []
+        for key, segments in by_key.items():
+            if len(segments) > 1 and any(tp.type == MERGE for seg in segments[:-1] for tp in seg):
+                # A merge before later messages: take those in as separately as they came.
+                for seg in segments:
+                    effects.extend(await self.take_in(partition, key, seg, wm))
+                continue
+            tps = segments[0] if len(segments) == 1 else [tp for seg in segments for tp in seg]
+            effects.extend(await self.take_in(partition, key, tps, wm))
+        # Journeys the watermark just made due (pending events, deadlines) are
+        # settled here, in the partition's own batch, rather than by a timer
+        # check that would queue behind this partition's backlog.
+        for key in self.due[partition].pop_due(wm):
+            effects.extend(self.check(partition, key, wm))
+        await self.emit(partition, effects)
+        if not count:
+            return
         m.EVENTS_APPLIED.inc(count)
         if not self._first_applied:
             self._first_applied = True
@@ -163,66 +353,126 @@ class JourneyShell:
 
     async def take_in(
         self, partition: int, key: str, tps: list[Touchpoint], wm: int
-    ) -> list[Transition]:
+    ) -> list[Effect]:
         """Apply one journey's touchpoints, settle up to ``wm`` and save it once."""
         state = self.load(key)
         before = counted_stage(state)
         if state is not None and state.merged_into is not None:
             await self.forward(state.merged_into, [tp for tp in tps if tp.type != MERGE])
             return []
+        fresh = state is None
         if state is None:
             state = JourneyState(key=key)
-        transitions: list[Transition] = []
+        t = now_ms()
+        was_held = self.held(state, t)
+        transitions: list[Effect] = []
         for tp in tps:
             if tp.type == MERGE:
-                into = str(tp.properties["into"])
+                into, alias = str(tp.properties["into"]), str(tp.properties["alias"])
                 if state.events or state.pending:
-                    await self.merge_out(state, into, str(tp.properties["alias"]), tp.timestamp)
+                    await self.merge_out(state, into, alias, tp.timestamp)
                     state.merged_into = into
                     state.pending = []
                     m.IDENTITY_MERGES.inc()
+                else:
+                    await self.merge_out(None, into, alias, tp.timestamp)  # just the ack
                 continue
             if tp.type == MERGE_IN:
+                alias = str(tp.properties["alias"])
+                state.awaiting.pop(alias, None)
+                if alias not in state.linked:
+                    state.linked.append(alias)
+                if tp.properties.get("state") is None:
+                    continue
                 other = JourneyState.from_dict(tp.properties["state"])
-                state, out = rules.merge(state, other, str(tp.properties["alias"]), self.model)
+                state, out = rules.merge(state, other, alias, self.model)
                 transitions.extend(out)
                 continue
             if tp.timestamp < state.settled_until:
                 m.LATE_EVENTS.inc()
             state, out = rules.apply(state, tp, self.model)
             transitions.extend(out)
-        if state.merged_into is None:
+            if tp.customer_id is not None:
+                for alias in linked_aliases(tp):
+                    if alias not in state.linked and alias not in state.awaiting:
+                        state.awaiting[alias] = t
+        if state.merged_into is None and not self.held(state, t):
+            self.drop_expired_links(state, t)
             state, out = rules.advance(state, wm, self.model)
+            if was_held:
+                # The last identity link just answered: the journey's own
+                # watermark moves only now (fire delay is measured from both).
+                out = [identity_ready(e, t) for e in out]
             transitions.extend(out)
+        if fresh and not (state.events or state.pending or state.merged_into or state.linked):
+            return transitions  # an ack for an alias with no journey: nothing to keep
         self.save(partition, state, before)
+        observe_time_in_stage(state, transitions)
         return transitions
 
+    def held(self, state: JourneyState, now: int) -> bool:
+        """Whether settling waits for identity links still on their way.
+
+        A login or identify links aliases (device, loyalty card, email) whose
+        orphan journeys live in other partitions; each answers with a
+        ``merge_in`` (its events, or just an acknowledgement). Until then a
+        purchase made under such an alias (say, in a store with the loyalty
+        card, read from the backlog before the link) may be missing here, so
+        nothing settles and no deadline fires. Links unanswered after
+        ``LINK_ACK_TIMEOUT_MS`` are given up (logged), never blocking a journey.
+        """
+        return any(now - since <= LINK_ACK_TIMEOUT_MS for since in state.awaiting.values())
+
+    @staticmethod
+    def drop_expired_links(state: JourneyState, now: int) -> None:
+        """Forget links that never answered (the caller saves the state)."""
+        for alias, since in list(state.awaiting.items()):
+            if now - since > LINK_ACK_TIMEOUT_MS:
+                log.warning("identity link %s -> %s unanswered; settled anyway", alias, state.key)
+                m.IDENTITY_LINKS_UNANSWERED.inc()
+                del state.awaiting[alias]
+
     async def on_check(self, event: faust.EventT) -> None:
+        """A timer's check message: settle the listed journeys to the watermark."""
         msg = event.message
         body = orjson.loads(msg.value or b"{}")
         wm = max(int(body["watermark"]), self.watermark(msg.partition))
-        transitions: list[Transition] = []
+        effects: list[Effect] = []
         for key in body["keys"]:
-            state = self.load(key)
-            if state is None or state.merged_into is not None:
-                continue
-            before = counted_stage(state)
-            if wm <= state.settled_until:
-                # A stale or duplicate check: nothing to do, but keep the key indexed.
-                self.due[msg.partition].schedule(key, rules.next_due(state, self.model))
-                continue
-            state, out = rules.advance(state, wm, self.model)
-            transitions.extend(out)
-            self.save(msg.partition, state, before)
-        await self.emit(msg.partition, transitions)
+            effects.extend(self.check(msg.partition, key, wm))
+        await self.emit(msg.partition, effects)
 
-    async def merge_out(self, state: JourneyState, into: str, alias: str, at: int) -> None:
+    def check(self, partition: int, key: str, wm: int) -> list[Effect]:
+        """Settle one journey to ``wm`` (stale or duplicate checks are no-ops)."""
+        state = self.load(key)
+        if state is None or state.merged_into is not None:
+            return []
+        before = counted_stage(state)
+        t = now_ms()
+        if self.held(state, t):
+            # The links' answers (merge_in) settle it; if they never come, the
+            # timer makes it due again once the wait runs out (not every batch).
+            expires = max(state.awaiting.values()) + LINK_ACK_TIMEOUT_MS + 1
+            heapq.heappush(self._held, (expires, partition, key))
+            return []
+        if wm <= state.settled_until:
+            # Nothing to do, but keep the key indexed.
+            self.due[partition].schedule(key, rules.next_due(state, self.model))
+            return []
+        self.drop_expired_links(state, t)
+        state, out = rules.advance(state, wm, self.model)
+        self.save(partition, state, before)
+        observe_time_in_stage(state, out)
+        return out
+
+    async def merge_out(self, state: JourneyState | None, into: str, alias: str, at: int) -> None:
+        """Send an orphan journey (or, with None, only the link's acknowledgement)."""
         body = contract.internal_touchpoint(
             MERGE_IN,
             f"merge_in:{alias}:{into}",
             at,
             anonymous_id=alias,
-            properties={"alias": alias, "state": state.to_dict()},
+            properties={"alias": alias, "state": None if state is None else state.to_dict()},
         )
         await self.forward(into, [body])
 
@@ -233,19 +483,47 @@ class JourneyShell:
                 key=key.encode(), value=contract.dumps_groups([(key, tps)])
             )
 
-    async def emit(self, partition: int, transitions: list[Transition]) -> None:
-        """Publish one step's transitions as one message on the same partition number.
+    async def emit(self, partition: int, effects: list[Effect]) -> None:
+        """Publish one step's effects.
 
-        ``journey.transitions`` carries JSON arrays of transitions; a journey's
-        transitions always come from one partition, in order.
+        ``journey.transitions`` gets one JSON array of the step's transitions on
+        the same partition number (a journey's transitions always come from one
+        partition, in order); ``journey.triggers`` one message per trigger,
+        keyed by journey key, stamped with the wall-clock time it fired.
         """
-        if not transitions:
+        if not effects:
             return
-        for tr in transitions:
-            m.TRANSITIONS.labels(from_stage=tr.from_stage or "none", to_stage=tr.to_stage).inc()
-        await self.topics.transitions.send(
-            value=[tr.to_dict() for tr in transitions], partition=partition
-        )
+        transitions, triggers, recoveries = rules.split(effects)
+        if transitions:
+            counts: dict[tuple[str, str], int] = defaultdict(int)
+            for tr in transitions:
+                counts[tr.from_stage or "none", tr.to_stage] += 1
+            for (from_stage, to_stage), n in counts.items():
+                m.TRANSITIONS.labels(from_stage=from_stage, to_stage=to_stage).inc(n)
+            await self.topics.transitions.send(
+                value=[tr.to_dict() for tr in transitions], partition=partition
+            )
+        if triggers:
+            t = now_ms()
+            clock = self.clocks[partition]
+            for trigger in triggers:
+                extra = dict(trigger.extra)
+                if trigger.kind == ABANDONMENT:
+                    passed = clock.passed_at(trigger.deadline)
+                    if passed is not None:
+                        extra["watermark_passed_at"] = passed
+                        # A journey waiting for identity links could not fire before.
+                        ready = max(passed, int(extra.get("identity_ready_at", passed)))
+                        m.DEADLINE_FIRE_DELAY.observe(max(0, t - ready) / 1000)
+                    m.ABANDONMENTS.labels(kind=trigger.rule).inc()
+                m.TRIGGERS.labels(rule=trigger.rule).inc()
+                m.EVENT_TO_TRIGGER.observe(max(0, t - trigger.event_at) / 1000)
+                stamped = replace(trigger, fired_at=t, extra=extra)
+                await self.topics.triggers.send(
+                    key=trigger.journey_key.encode(), value=stamped.dumps()
+                )
+        for recovery in recoveries:
+            m.RECOVERIES.labels(kind=recovery.kind).inc()
 
     # -- timer and recovery ------------------------------------------------------------
     def active_partitions(self) -> list[int]:
@@ -255,16 +533,22 @@ class JourneyShell:
         )
 
     async def tick(self) -> None:
-        """Send check messages for journeys due in partitions this worker owns."""
+        """Send check messages for journeys due in quiet partitions this worker owns."""
         if self.app.rebalancing or self.app.in_recovery:
-            self._input_read = False
             return
-        caught_up = self.caught_up()
         t = now_ms()
+        held = self._held
+        while held and held[0][0] <= t:
+            _, p, key = heapq.heappop(held)
+            self.due[p].schedule(key, NEVER + 1)  # due at once: settled without its links
         actives = self.active_partitions()
         self.publish_stage_gauge(actives)
         for p in actives:
-            wm = self.clocks[p].watermark(t, caught_up)
+            wm = self.clocks[p].watermark()
+            if wm != NEVER:
+                m.WATERMARK_LAG.labels(partition=str(p)).set(max(0, t - wm) / 1000)
+            if time.monotonic() - self._last_batch.get(p, 0.0) < BATCH_QUIET_S:
+                continue  # its own batches settle what is due (see on_touchpoints)
             keys = self.due[p].pop_due(wm)
             if keys:
                 await self.topics.timers.send(value={"watermark": wm, "keys": keys}, partition=p)
@@ -275,6 +559,8 @@ class JourneyShell:
         for p in list(self._gauge_partitions - owned):
             for stage in self.model.all_stages:
                 m.STAGE_CUSTOMERS.remove(stage, str(p))
+            with contextlib.suppress(KeyError):
+                m.WATERMARK_LAG.remove(str(p))
         for p in owned:
             counts = self.stage_counts[p]
             for stage in self.model.all_stages:
@@ -285,7 +571,9 @@ class JourneyShell:
         """Rebuild due indexes and stage counts from the table for owned partitions."""
         actives = set(self.active_partitions())
         self.due.clear()
+        self._held.clear()
         self.stage_counts.clear()
+        self.cache.clear()
         producer = self.app.producer
         topic = self.settings.topics.resolved
         for raw_key, raw in self.table.items():
@@ -316,22 +604,27 @@ class JourneyShell:
 
 def register_journey(app: faust.App, settings: Settings, topics: Any) -> JourneyShell:
     """Register the journey agent, its table, timer and HTTP views on ``app``."""
-    model = load_model(settings.journey.stage_model, CONFIG_DIR / "stages")
+    model = journey_model(settings)
     shell = JourneyShell(app, settings, topics, model)
     source = app.topic(
         settings.topics.resolved,
         settings.topics.timers,
         schema=faust.Schema(key_serializer="raw", value_serializer="raw"),
     )
-    timers_name = settings.topics.timers
 
     @app.agent(source, name="journey")
     async def journey(stream: faust.StreamT) -> None:
-        async for event in stream.events():
-            if event.message.topic == timers_name:
-                await shell.on_check(event)
-            else:
-                await shell.on_touchpoints(event)
+        # Acks come after the batch body, so after flush() handed the writes to Faust.
+        batches = stream.take_events(BATCH_MESSAGES, within=BATCH_WINDOW_S)  # type: ignore[attr-defined]
+        async for events in batches:
+            await shell.on_batch(events)
+
+    def forget_cached(sender: Any, /, *args: Any, signal: Any, **kwargs: Any) -> None:
+        # Another worker may have written these journeys while we did not own them.
+        shell.cache.clear()
+
+    app.on_partitions_revoked.connect(forget_cached)
+    app.on_partitions_assigned.connect(forget_cached)
 
     @app.timer(interval=TIMER_INTERVAL_S)
     async def due_checks() -> None:
@@ -342,6 +635,12 @@ def register_journey(app: faust.App, settings: Settings, topics: Any) -> Journey
         if app.rebalancing or app.in_recovery:
             return
         await shell.refresh_progress()
+
+    @app.timer(interval=MARK_INTERVAL_S)
+    async def source_marks() -> None:
+        if app.rebalancing or app.in_recovery:
+            return
+        await shell.send_marks()
 
     @shell.table.on_recover
     async def after_recovery() -> None:

@@ -5,6 +5,7 @@ Both are plain objects fed with times by the shell; neither reads a clock.
 
 from __future__ import annotations
 
+import bisect
 import heapq
 from dataclasses import dataclass, field
 
@@ -13,11 +14,13 @@ NEVER = -(2**62)
 
 @dataclass
 class PartitionClock:
-    """Watermark of one partition.
+    """Event-time progress of one source partition, as ingest sees it.
 
-    ``watermark = max event time seen - allowed lateness``; while the worker is
-    caught up and the partition has been idle for ``idle_ms``, it also follows
-    the wall clock (``now - allowed lateness``). It never goes backwards.
+    ``watermark = max event time seen - allowed lateness``; while the partition
+    is read to its end and has been idle for ``idle_ms``, it also follows the
+    wall clock (``now - allowed lateness``). It never goes backwards. Ingest
+    runs it with no lateness and sends the result to the journey partitions as
+    the source's mark (see :class:`MergedClock`).
     """
 
     lateness_ms: int
@@ -38,6 +41,53 @@ class PartitionClock:
         if wm > self._watermark:
             self._watermark = wm
         return self._watermark
+
+
+@dataclass
+class MergedClock:
+    """Watermark of one journey partition, from the progress of every source partition.
+
+    Ingest forwards events from every ``touchpoints`` partition (the sources) to
+    every journey partition, each source at its own pace. Each source sends a
+    *mark* (its event-time progress: the newest event time it forwarded, or the
+    wall clock once it is read to the end and idle) after the events it covers,
+    on the same journey partition. The watermark is the smallest mark minus the
+    allowed lateness, and nothing until every source has reported: an event
+    still on its way from a slower source can never be overtaken.
+    """
+
+    lateness_ms: int
+    sources: int
+    marks: dict[int, int] = field(default_factory=dict)
+    _watermark: int = NEVER
+    #: (watermark, wall time it was reached), for fire-delay measurement.
+    _reached: list[tuple[int, int]] = field(default_factory=list)
+
+    def update(self, source: int, mark: int, now_ms: int) -> int:
+        """Record a source's mark; returns the (never decreasing) watermark."""
+        if mark > self.marks.get(source, NEVER):
+            self.marks[source] = mark
+            if len(self.marks) >= self.sources:
+                wm = min(self.marks.values()) - self.lateness_ms
+                if wm > self._watermark:
+                    self._watermark = wm
+                    self._reach(wm, now_ms)
+        return self._watermark
+
+    def watermark(self) -> int:
+        return self._watermark
+
+    def _reach(self, wm: int, now_ms: int) -> None:
+        reached = self._reached
+        reached.append((wm, now_ms))
+        if len(reached) > 8192:
+            del reached[:4096]
+
+    def passed_at(self, t: int) -> int | None:
+        """Wall time at which the watermark first reached ``t`` (None if not yet)."""
+        reached = self._reached
+        i = bisect.bisect_left(reached, t, key=lambda r: r[0])
+        return reached[i][1] if i < len(reached) else None
 
 
 @dataclass

@@ -3,7 +3,7 @@
 Runs an event log through the same pure functions the stream uses (identity
 resolution, journey rules) in one process, with no Kafka. For the same events,
 the streaming pipeline must end with the same journey states and the same set
-of transitions.
+of transitions and follow-up triggers.
 """
 
 from __future__ import annotations
@@ -21,9 +21,11 @@ from stream.contract import INTERNAL_SOURCE, Rejected, Touchpoint
 from stream.ingest.identity import LINK, resolve
 from stream.journey import rules
 from stream.journey.clock import NEVER
-from stream.journey.stages import StageModel, load_model
+from stream.journey.model import journey_model
+from stream.journey.stages import StageModel
 from stream.journey.state import JourneyState, Transition
-from stream.settings import CONFIG_DIR, Settings
+from stream.settings import Settings
+from stream.triggers.trigger import Trigger
 
 END = 2**62
 
@@ -42,10 +44,18 @@ class Oracle:
         self.identity: dict[str, str] = {}
         self.states: dict[str, JourneyState] = {}
         self.transitions: list[Transition] = []
+        self.triggers: list[Trigger] = []
+        self.recoveries = 0
         self.seen: set[str] = set()
         self.max_event_time = NEVER
         self.rejected = 0
         self.duplicates = 0
+
+    def _collect(self, effects: list[rules.Effect]) -> None:
+        transitions, triggers, recoveries = rules.split(effects)
+        self.transitions.extend(transitions)
+        self.triggers.extend(triggers)
+        self.recoveries += len(recoveries)
 
     @property
     def watermark(self) -> int:
@@ -65,9 +75,9 @@ class Oracle:
             return
         state = self.states.get(res.journey_key) or JourneyState(key=res.journey_key)
         state, out = rules.apply(state, tp, self.model)
-        self.transitions.extend(out)
+        self._collect(out)
         state, out = rules.advance(state, self.watermark, self.model)
-        self.transitions.extend(out)
+        self._collect(out)
         self.states[res.journey_key] = state
 
     def _identity_effects(self, res: Any) -> None:
@@ -83,7 +93,7 @@ class Oracle:
             into_key = str(merge_tp.properties["into"])
             into = self.states.get(into_key) or JourneyState(key=into_key)
             into, out = rules.merge(into, orphan, str(merge_tp.properties["alias"]), self.model)
-            self.transitions.extend(out)
+            self._collect(out)
             self.states[into_key] = into
             orphan.merged_into = into_key
             orphan.pending = []
@@ -92,7 +102,7 @@ class Oracle:
         for key, state in self.states.items():
             if state.merged_into is None:
                 state, out = rules.advance(state, until, self.model)
-                self.transitions.extend(out)
+                self._collect(out)
                 self.states[key] = state
 
     def final_states(self) -> Iterator[JourneyState]:
@@ -121,13 +131,18 @@ def run_oracle(
 def report_lines(oracle: Oracle) -> Iterator[bytes]:
     for tr in oracle.transitions:
         yield orjson.dumps({"kind": "transition", **tr.to_dict()})
+    for trigger in oracle.triggers:
+        body = trigger.to_dict()
+        # The trigger's own kind (abandonment / transition) would clash with the line kind.
+        body["trigger_kind"] = body.pop("kind")
+        yield orjson.dumps({"kind": "trigger", **body})
     for state in sorted(oracle.final_states(), key=lambda s: s.key):
         summary = state.summary()
         yield orjson.dumps({"kind": "state", **summary, "customer_id": state.key})
 
 
 def main(args: argparse.Namespace, settings: Settings) -> int:
-    model = load_model(args.stage_model or settings.journey.stage_model, CONFIG_DIR / "stages")
+    model = journey_model(settings, args.stage_model)
     lateness_ms = int(settings.journey.allowed_lateness_s * 1000)
     source = sys.stdin.buffer if str(args.file) == "-" else open(args.file, "rb")  # noqa: SIM115
     rejected = 0
@@ -153,7 +168,8 @@ def main(args: argparse.Namespace, settings: Settings) -> int:
     out.flush()
     print(
         f"replayed {len(valid)} events ({rejected} rejected, {oracle.duplicates} duplicates): "
-        f"{sum(1 for _ in oracle.final_states())} journeys, {len(oracle.transitions)} transitions",
+        f"{sum(1 for _ in oracle.final_states())} journeys, {len(oracle.transitions)} transitions, "
+        f"{len(oracle.triggers)} triggers",
         file=sys.stderr,
     )
     return 0

@@ -10,6 +10,11 @@
 - :func:`merge` folds an orphan journey (anonymous, loyalty card, email) into a
   customer's, exactly once.
 
+They return the state and its *effects*, in order: stage transitions,
+follow-up triggers (abandonment deadlines
+passed, configured stage follow-ups) and
+recovery records.
+
 Functions take ownership of the state passed in (they may change it) and
 return the new state; they read no clock and do no I/O.
 """
@@ -22,6 +27,7 @@ from collections.abc import Iterable
 from stream.contract import Touchpoint
 from stream.journey.stages import StageModel
 from stream.journey.state import (
+    JOURNAL_EVENTS,
     SEEN_IDS,
     VIEWED_PRODUCTS,
     Cart,
@@ -31,8 +37,30 @@ from stream.journey.state import (
     StageVisit,
     Transition,
 )
+from stream.triggers import abandonment
+from stream.triggers.abandonment import Recovery
+from stream.triggers.trigger import Trigger
 
 LAPSE_CAUSE = "lapse"
+
+Effect = Transition | Trigger | Recovery
+
+
+def split(
+    effects: Iterable[Effect],
+) -> tuple[list[Transition], list[Trigger], list[Recovery]]:
+    """Effects by kind, each list in the order produced."""
+    transitions: list[Transition] = []
+    triggers: list[Trigger] = []
+    recoveries: list[Recovery] = []
+    for e in effects:
+        if isinstance(e, Transition):
+            transitions.append(e)
+        elif isinstance(e, Trigger):
+            triggers.append(e)
+        else:
+            recoveries.append(e)
+    return transitions, triggers, recoveries
 
 
 def _order(tp: Touchpoint) -> tuple[int, str]:
@@ -47,7 +75,7 @@ def is_duplicate(state: JourneyState, tp: Touchpoint) -> bool:
 
 def apply(
     state: JourneyState, tp: Touchpoint, model: StageModel
-) -> tuple[JourneyState, list[Transition]]:
+) -> tuple[JourneyState, list[Effect]]:
     """Take one touchpoint in; returns transitions only for late events."""
     if is_duplicate(state, tp):
         return state, []
@@ -57,6 +85,7 @@ def apply(
         state.late_events += 1
         transitions = _step(state, tp, model, at=max(tp.timestamp, state.stage_entered_at))
         _remember(state, tp.event_id)
+        _journal(state, tp)
         return state, transitions
     keys = [_order(p) for p in state.pending]
     state.pending.insert(bisect.bisect_right(keys, _order(tp)), tp)
@@ -65,22 +94,28 @@ def apply(
 
 def advance(
     state: JourneyState, watermark: int, model: StageModel
-) -> tuple[JourneyState, list[Transition]]:
-    """Settle every pending event with event time <= ``watermark``."""
-    transitions: list[Transition] = []
+) -> tuple[JourneyState, list[Effect]]:
+    """Settle every pending event with event time <= ``watermark``.
+
+    Time passing fires what is due before each settled event (abandonment
+    deadlines strictly earlier than it, then lapse), so an event at a deadline
+    still cancels it; deadlines at or before ``watermark`` fire at the end.
+    """
+    transitions: list[Effect] = []
     if watermark <= state.settled_until:
         return state, transitions
     pending = state.pending
     n = 0
     while n < len(pending) and pending[n].timestamp <= watermark:
         tp = pending[n]
-        transitions.extend(_maybe_lapse(state, model, before=tp.timestamp))
+        transitions.extend(_pass_time(state, model, before=tp.timestamp))
         transitions.extend(_step(state, tp, model, at=tp.timestamp))
         _remember(state, tp.event_id)
+        _journal(state, tp)
         n += 1
     if n:
         del pending[:n]
-    transitions.extend(_maybe_lapse(state, model, before=watermark + 1))
+    transitions.extend(_pass_time(state, model, before=watermark + 1))
     state.settled_until = watermark
     return state, transitions
 
@@ -91,15 +126,18 @@ def next_due(state: JourneyState, model: StageModel) -> int | None:
     lapse_at = _lapse_at(state, model)
     if lapse_at is not None:
         due.append(lapse_at)
+    deadline = abandonment.next_deadline(state)
+    if deadline is not None:
+        due.append(deadline)
     # Anything at or before settled_until is acted on by the next advance past it.
     return max(min(due), state.settled_until + 1) if due else None
 
 
 def run(
     state: JourneyState, tps: Iterable[Touchpoint], watermark: int, model: StageModel
-) -> tuple[JourneyState, list[Transition]]:
+) -> tuple[JourneyState, list[Effect]]:
     """Apply a batch of touchpoints, then advance to ``watermark``."""
-    transitions: list[Transition] = []
+    transitions: list[Effect] = []
     for tp in tps:
         state, out = apply(state, tp, model)
         transitions.extend(out)
@@ -110,33 +148,44 @@ def run(
 
 def merge(
     into: JourneyState, other: JourneyState, alias: str, model: StageModel
-) -> tuple[JourneyState, list[Transition]]:
+) -> tuple[JourneyState, list[Effect]]:
     """Fold the orphan journey ``other`` (known as ``alias``) into ``into``, once.
 
-    Pending events are merged as events, so they settle in order with the
-    customer's own. What ``other`` had already settled is added to the totals;
-    if it had reached a later stage, the customer moves there (never back in
-    time).
+    The orphan's events are replayed into the customer's journey as events: its
+    settled ones from its journal (late here if the customer's journey already
+    settled past them: applied without rewriting history), its pending ones in
+    event-time order with the customer's own. So an in-store purchase made under
+    a loyalty card before the card was linked closes the cart it belongs to.
+    Only an orphan too long to keep a journal is added as totals; if it had
+    reached a later stage, the customer moves there (never back in time).
     """
     if alias in into.merged_from:
         return into, []
     into.merged_from.append(alias)
-    transitions: list[Transition] = []
-    if other.settled_until > into.settled_until:
-        # Settle the customer's own events up to where the orphan already is, so
-        # entering the orphan's stage below cannot come before them.
-        into, out = advance(into, other.settled_until, model)
-        transitions.extend(out)
-    for tp in other.pending:
-        into, out = apply(into, tp, model)
-        transitions.extend(out)
-    if other.events:
+    transitions: list[Effect] = []
+    if other.events and (other.journal_truncated or len(other.journal) != other.events):
+        if other.settled_until > into.settled_until:
+            # Settle the customer's own events up to where the orphan already is,
+            # so entering the orphan's stage below cannot come before them.
+            into, out = advance(into, other.settled_until, model)
+            transitions.extend(out)
         _merge_settled(into, other)
+        abandonment.merge_waits(into, other)
+        last_order = other.orders.last_at
+        if last_order is not None:
+            abandonment.cancel_by_purchase(into, last_order, model.playbook, model.purchase_types)
         if other.stage is not None and (
             into.stage is None or model.rank(other.stage) > model.rank(into.stage)
         ):
             at = max(other.stage_entered_at, into.stage_entered_at)
-            transitions.extend(_enter(into, other.stage, at, f"merge:{alias}"))
+            transitions.extend(_enter(into, other.stage, at, f"merge:{alias}", model))
+    elif other.events:
+        for tp in other.journal:
+            into, out = apply(into, tp, model)
+            transitions.extend(out)
+    for tp in other.pending:
+        into, out = apply(into, tp, model)
+        transitions.extend(out)
     return into, transitions
 
 
@@ -188,6 +237,17 @@ def _merge_settled(into: JourneyState, other: JourneyState) -> None:
         _remember(into, event_id)
 
 
+def _journal(state: JourneyState, tp: Touchpoint) -> None:
+    """Orphan journeys (no customer id) keep their settled events for a later merge."""
+    if state.customer_id is not None or state.journal_truncated:
+        return
+    if len(state.journal) >= JOURNAL_EVENTS:
+        state.journal = []
+        state.journal_truncated = True
+        return
+    state.journal.append(tp)
+
+
 def _remember(state: JourneyState, event_id: str) -> None:
     seen = state.seen_ids
     seen.append(event_id)
@@ -200,7 +260,7 @@ def _add_unique(values: list[str], value: str) -> None:
         values.append(value)
 
 
-def _enter(state: JourneyState, stage: str, at: int, cause: str) -> list[Transition]:
+def _enter(state: JourneyState, stage: str, at: int, cause: str, model: StageModel) -> list[Effect]:
     prev = state.stage
     at = max(at, state.stage_entered_at)  # never back in time
     if state.history:
@@ -208,7 +268,19 @@ def _enter(state: JourneyState, stage: str, at: int, cause: str) -> list[Transit
     state.history.append(StageVisit(stage=stage, entered_at=at, cause=cause))
     state.stage = stage
     state.stage_entered_at = at
-    return [Transition(state.customer_id or state.key, prev, stage, at, cause)]
+    transition = Transition(state.customer_id or state.key, prev, stage, at, cause)
+    out: list[Effect] = [transition]
+    if model.playbook.followups:
+        out.extend(abandonment.stage_followups(state, transition, model.playbook))
+    return out
+
+
+def _pass_time(state: JourneyState, model: StageModel, before: int) -> list[Effect]:
+    out: list[Effect] = []
+    if state.waits:
+        out.extend(abandonment.fire_due(state, before, model.playbook))
+    out.extend(_maybe_lapse(state, model, before))
+    return out
 
 
 def _lapse_at(state: JourneyState, model: StageModel) -> int | None:
@@ -217,12 +289,12 @@ def _lapse_at(state: JourneyState, model: StageModel) -> int | None:
     return state.last_seen + model.lapse_after_ms
 
 
-def _maybe_lapse(state: JourneyState, model: StageModel, before: int) -> list[Transition]:
+def _maybe_lapse(state: JourneyState, model: StageModel, before: int) -> list[Effect]:
     at = _lapse_at(state, model)
     if at is None or at >= before:
         return []
     assert model.lapse_stage is not None
-    return _enter(state, model.lapse_stage, max(at, state.stage_entered_at), LAPSE_CAUSE)
+    return _enter(state, model.lapse_stage, max(at, state.stage_entered_at), LAPSE_CAUSE, model)
 
 
 def _target_stage(state: JourneyState, tp: Touchpoint, model: StageModel) -> str | None:
@@ -266,15 +338,18 @@ def _allowed(state: JourneyState, target: str, model: StageModel) -> bool:
     )
 
 
-def _step(state: JourneyState, tp: Touchpoint, model: StageModel, at: int) -> list[Transition]:
+def _step(state: JourneyState, tp: Touchpoint, model: StageModel, at: int) -> list[Effect]:
     """Fold one settled event into the state, in order."""
     target = _target_stage(state, tp, model)
     _record(state, tp)
+    out: list[Effect] = []
+    if model.playbook.abandonment:
+        out.extend(abandonment.observe(state, tp, model.playbook, model.purchase_types))
     if state.stage is None and target is None:
         target = model.initial
     if target is not None and _allowed(state, target, model):
-        return _enter(state, target, at, tp.event_id)
-    return []
+        out.extend(_enter(state, target, at, tp.event_id, model))
+    return out
 
 
 def _record(state: JourneyState, tp: Touchpoint) -> None:

@@ -6,12 +6,14 @@ Loaded from ``config/stages/*.toml``; pure data, no I/O after loading.
 from __future__ import annotations
 
 import tomllib
-from collections.abc import Mapping
-from dataclasses import dataclass
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field, replace
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
 from stream.contract import Touchpoint
+from stream.triggers.playbook import Playbook, parse_playbook
 
 DAY_MS = 86_400_000
 
@@ -55,6 +57,8 @@ class StageModel:
     lapse_stage: str | None = None
     lapse_after_ms: int = 0
     lapse_from: frozenset[str] = frozenset()
+    #: Abandonment waits and stage follow-ups (from ``config/journey.toml``).
+    playbook: Playbook = field(default_factory=Playbook)
 
     @property
     def all_stages(self) -> tuple[str, ...]:
@@ -69,12 +73,21 @@ class StageModel:
 
     def stage_for(self, tp: Touchpoint) -> str | None:
         """The stage an event points to, or None when no rule matches."""
-        for rule in self.rules:
+        for rule in self._rules_by_type.get(tp.type, ()):
             if rule.matches(tp):
                 return rule.stage
         return None
 
-    @property
+    @cached_property
+    def _rules_by_type(self) -> dict[str, tuple[StageRule, ...]]:
+        """The rules (in order) that can match each event type: only those are tried."""
+        out: dict[str, list[StageRule]] = {}
+        for rule in self.rules:
+            for type_ in rule.types:
+                out.setdefault(type_, []).append(rule)
+        return {type_: tuple(rules) for type_, rules in out.items()}
+
+    @cached_property
     def purchase_types(self) -> frozenset[str]:
         out: set[str] = set()
         for rule in self.rules:
@@ -148,3 +161,22 @@ def load_model(name_or_path: str, stages_dir: Path) -> StageModel:
         path = stages_dir / f"{name_or_path}.toml"
     with path.open("rb") as fh:
         return parse_model(tomllib.load(fh), str(path))
+
+
+def with_playbook(
+    model: StageModel,
+    abandonment: Iterable[Mapping[str, Any]],
+    followups: Iterable[Mapping[str, Any]],
+    session_gap_s: float = 1800.0,
+    recovery_within_s: float = 7 * 86_400.0,
+) -> StageModel:
+    """``model`` with the abandonment rules and stage follow-ups from config."""
+    playbook = parse_playbook(
+        abandonment,
+        followups,
+        model.all_stages,
+        roles={"purchase": model.purchase_stage, "loyalty": model.loyalty_stage},
+        session_gap_s=session_gap_s,
+        recovery_within_s=recovery_within_s,
+    )
+    return replace(model, playbook=playbook)

@@ -19,6 +19,8 @@ from stream.contract import Touchpoint, from_trusted
 
 #: How many settled event ids a journey remembers for de-duplication.
 SEEN_IDS = 256
+#: How many settled events an orphan journey keeps to be replayed into a customer's.
+JOURNAL_EVENTS = 200
 #: How many distinct viewed products a journey remembers for personalisation.
 VIEWED_PRODUCTS = 20
 
@@ -79,6 +81,29 @@ class Checkout:
 
 
 @dataclass(slots=True)
+class Wait:
+    """An open abandonment wait: fires at ``deadline`` unless cancelled first."""
+
+    rule: str
+    ref: str
+    started_at: int
+    deadline: int
+    cause_event_id: str
+
+
+@dataclass(slots=True)
+class Session:
+    """The current browsing session (for rules that count events per session)."""
+
+    ref: str
+    started_at: int
+    last_at: int
+    session_id: str | None = None
+    counts: dict[str, int] = field(default_factory=dict)
+    fired: list[str] = field(default_factory=list)
+
+
+@dataclass(slots=True)
 class Orders:
     count: int = 0
     total_value: float = 0.0
@@ -118,8 +143,21 @@ class JourneyState:
     late_events: int = 0
     merged_from: list[str] = field(default_factory=list)
     merged_into: str | None = None
+    waits: dict[str, Wait] = field(default_factory=dict)
+    session: Session | None = None
+    #: Abandonments fired and not yet recovered: rule -> deadline.
+    abandoned: dict[str, int] = field(default_factory=dict)
+    abandonments: int = 0
+    recoveries: int = 0
+    #: Identity links sent and not yet answered: alias -> wall ms (stream shell only).
+    awaiting: dict[str, int] = field(default_factory=dict)
+    #: Aliases whose links were answered (stream shell only).
+    linked: list[str] = field(default_factory=list)
     settled_until: int = 0
     seen_ids: list[str] = field(default_factory=list)
+    #: An orphan journey's settled events, replayed when it merges into a customer's.
+    journal: list[Touchpoint] = field(default_factory=list)
+    journal_truncated: bool = False
     pending: list[Touchpoint] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
@@ -184,15 +222,43 @@ class JourneyState:
             "late_events": self.late_events,
             "merged_from": self.merged_from,
             "merged_into": self.merged_into,
+            "waits": {
+                name: {
+                    "rule": w.rule,
+                    "ref": w.ref,
+                    "started_at": w.started_at,
+                    "deadline": w.deadline,
+                    "cause_event_id": w.cause_event_id,
+                }
+                for name, w in self.waits.items()
+            },
+            "session": None
+            if self.session is None
+            else {
+                "ref": self.session.ref,
+                "started_at": self.session.started_at,
+                "last_at": self.session.last_at,
+                "session_id": self.session.session_id,
+                "counts": self.session.counts,
+                "fired": self.session.fired,
+            },
+            "abandoned": self.abandoned,
+            "abandonments": self.abandonments,
+            "recoveries": self.recoveries,
+            "awaiting": self.awaiting,
+            "linked": self.linked,
             "settled_until": self.settled_until,
             "seen_ids": self.seen_ids,
             "pending": [tp.to_dict() for tp in self.pending],
+            "journal": [tp.to_dict() for tp in self.journal],
+            "journal_truncated": self.journal_truncated,
         }
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> JourneyState:
         cart = d.get("cart")
         checkout = d.get("checkout")
+        session = d.get("session")
         return cls(
             key=d["key"],
             customer_id=d.get("customer_id"),
@@ -226,9 +292,18 @@ class JourneyState:
             late_events=d.get("late_events", 0),
             merged_from=d.get("merged_from", []),
             merged_into=d.get("merged_into"),
+            waits={name: Wait(**w) for name, w in (d.get("waits") or {}).items()},
+            session=None if session is None else Session(**session),
+            abandoned=d.get("abandoned") or {},
+            abandonments=d.get("abandonments", 0),
+            recoveries=d.get("recoveries", 0),
+            awaiting=d.get("awaiting") or {},
+            linked=d.get("linked") or [],
             settled_until=d.get("settled_until", 0),
             seen_ids=d.get("seen_ids", []),
             pending=[from_trusted(p) for p in d.get("pending", ())],
+            journal=[from_trusted(p) for p in d.get("journal", ())],
+            journal_truncated=d.get("journal_truncated", False),
         )
 
     def dumps(self) -> bytes:
@@ -241,7 +316,14 @@ class JourneyState:
     def summary(self) -> dict[str, Any]:
         """The settled, public view (no pending buffer, no dedupe bookkeeping)."""
         d = self.to_dict()
-        for private in ("seen_ids", "pending"):
+        for private in (
+            "seen_ids",
+            "pending",
+            "awaiting",
+            "linked",
+            "journal",
+            "journal_truncated",
+        ):
             d.pop(private)
         d["pending_events"] = len(self.pending)
         return d

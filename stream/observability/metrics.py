@@ -24,6 +24,13 @@ COLLECTOR_EVENTS = Counter(
     ["type"],
 )
 
+# -- POS producer ----------------------------------------------------------------
+POS_ROWS = Counter(
+    "journey_pos_rows_total",
+    "POS export rows handled by the POS producer, by outcome (published, rejected).",
+    ["outcome"],
+)
+
 # -- ingest ----------------------------------------------------------------
 INGESTED = Counter(
     "journey_events_ingested_total",
@@ -39,9 +46,18 @@ DUPLICATES = Counter(
     "journey_events_duplicate_total",
     "Exact duplicates (same event_id) dropped.",
 )
+REROUTED = Counter(
+    "journey_events_rerouted_total",
+    "Events of a packed touchpoints message sent on to the partition their raw id hashes to.",
+)
 IDENTITY_LINKS = Counter(
     "journey_identity_links_total",
     "Aliases (anonymous ids, loyalty ids, emails) linked to customers.",
+)
+IDENTITY_LINKS_UNANSWERED = Counter(
+    "journey_identity_links_unanswered_total",
+    "Identity links a journey stopped waiting for (no answer within the link timeout); "
+    "it settled without them.",
 )
 IDENTITY_MERGES = Counter(
     "journey_identity_merges_total", "Orphan journeys merged into a customer's journey."
@@ -78,8 +94,77 @@ STAGE_CUSTOMERS = Gauge(
     "Journeys currently in each stage, per partition this worker actively owns.",
     ["stage", "partition"],
 )
+TIME_IN_STAGE = Histogram(
+    "journey_time_in_stage_seconds",
+    "Time (event time) journeys spent in a stage, observed when they leave it.",
+    ["stage"],
+    buckets=(60, 300, 900, 1800, 3600, 3 * 3600, 6 * 3600, 86400, 3 * 86400, 7 * 86400, 30 * 86400),
+)
 
 
 def type_label(tp: Touchpoint) -> str:
     """Bounded label for a touchpoint type: unknown types count as 'other'."""
     return tp.type if tp.type in KNOWN_TYPES else "other"
+
+
+CONSUMER_LAG = Gauge(
+    "journey_consumer_lag_messages",
+    "Messages not yet processed (end offset - next offset), per topic-partition this worker owns.",
+    ["topic", "partition"],
+)
+WATERMARK_LAG = Gauge(
+    "journey_watermark_lag_seconds",
+    "Wall clock minus the event-time watermark, per partition this worker owns.",
+    ["partition"],
+)
+
+# -- triggers ----------------------------------------------------------------
+ABANDONMENTS = Counter(
+    "journey_abandonments_total",
+    "Abandonments detected (a wait passed without the cancelling event), by kind.",
+    ["kind"],
+)
+RECOVERIES = Counter(
+    "journey_abandonment_recoveries_total",
+    "Purchases by customers after an abandonment of this kind was detected.",
+    ["kind"],
+)
+TRIGGERS = Counter(
+    "journey_triggers_total",
+    "Follow-up triggers emitted to journey.triggers, by rule.",
+    ["rule"],
+)
+DEADLINE_FIRE_DELAY = Histogram(
+    "journey_deadline_fire_delay_seconds",
+    "Wall time from the watermark passing a deadline to the trigger being emitted.",
+    buckets=(0.05, 0.1, 0.25, 0.5, 0.75, 1, 1.5, 2, 3, 5, 10, 30, 60),
+)
+EVENT_TO_TRIGGER = Histogram(
+    "journey_event_to_trigger_seconds",
+    "Wall time of trigger emission minus the event time of the touchpoint that caused it "
+    "(for abandonments this includes the configured wait).",
+    buckets=(0.1, 0.5, 1, 5, 30, 60, 300, 900, 1800, 3600, 7200, 21600, 86400),
+)
+
+# -- dispatcher ----------------------------------------------------------------
+DISPATCH_OUTCOMES = Counter(
+    "journey_dispatch_outcomes_total",
+    "Dispatcher decisions per trigger: sent, deduplicated, suppressed_consent, capped, "
+    "delayed_quiet_hours, cancelled_purchased, unreachable, failed.",
+    ["rule", "outcome"],
+)
+DISPATCH_ERRORS = Counter(
+    "journey_dispatch_errors_total",
+    "Errors while dispatching (each retry counts), by stage (redis, smtp, render).",
+    ["stage"],
+)
+TRIGGER_TO_SEND = Histogram(
+    "journey_trigger_to_send_seconds",
+    "Wall time from trigger emission to the email being accepted by the SMTP server "
+    "(includes quiet-hours delays).",
+    buckets=(0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60, 300, 3600, 43200),
+)
+DISPATCH_SCHEDULED = Gauge(
+    "journey_dispatch_scheduled",
+    "Follow-ups waiting in the quiet-hours schedule (Redis sorted set).",
+)

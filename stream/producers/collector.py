@@ -37,7 +37,7 @@ from stream import contract
 from stream.contract import InvalidTouchpoint, Touchpoint
 from stream.observability import metrics
 from stream.producers import segment
-from stream.producers.publisher import Publisher, PublishError, Record
+from stream.producers.publisher import Publisher, PublishError, Record, packed_records
 from stream.settings import BrokerSettings, Settings
 
 log = logging.getLogger(__name__)
@@ -125,6 +125,7 @@ class BrokerConnection:
         self._thread: threading.Thread | None = None
         self.last_error: str | None = None
         self.last_ack_at: float | None = None
+        self._partitions: dict[str, int] = {}
 
     @property
     def connected(self) -> bool:
@@ -188,6 +189,23 @@ class BrokerConnection:
             raise
         self.last_ack_at = time.time()
 
+    async def partition_count(self, topic: str) -> int | None:
+        """Partitions of ``topic`` (cached), or None while unknown (not connected)."""
+        count = self._partitions.get(topic)
+        publisher = self._publisher
+        if count is None and publisher is not None:
+            loop = asyncio.get_running_loop()
+            try:
+                count = await asyncio.wait_for(
+                    loop.run_in_executor(None, publisher.partition_count, topic),
+                    timeout=self.deadline_s,
+                )
+            except (PublishError, KafkaError, TimeoutError) as exc:
+                log.warning("partitions of %s unknown (%r): one record per shopper", topic, exc)
+                return None
+            self._partitions[topic] = count
+        return count
+
     def _send_with_headers(self, publisher: Publisher, records: Sequence[HeaderRecord]) -> None:
         # Publisher's Record has no headers and the dead-letter topic needs them,
         # so these go straight to its producer, with the same acknowledgement rules.
@@ -220,12 +238,19 @@ class BrokerConnection:
             publisher.close()
 
 
-def touchpoint_records(topic: str, tps: Sequence[Touchpoint]) -> list[Record]:
-    """One record per routing key (first-seen order): an object, or an array for several.
+def touchpoint_records(
+    topic: str, tps: Sequence[Touchpoint], partitions: int | None = None
+) -> list[Record]:
+    """The records of one request's touchpoints.
 
-    Events keep their order within a key; a key's array is split into several
-    records only past ``MAX_RECORD_BYTES``.
+    With the topic's partition count known: one record per destination
+    partition (``packed_records``; a batch of many shoppers costs consumers
+    one message per partition). Otherwise one record per routing key
+    (first-seen order): an object, or an array for several. Events keep their
+    order within a key; a record is split only past ``MAX_RECORD_BYTES``.
     """
+    if partitions:
+        return packed_records(topic, tps, partitions, MAX_RECORD_BYTES)
     groups: dict[str, list[Touchpoint]] = {}
     for tp in tps:
         groups.setdefault(tp.routing_key, []).append(tp)
@@ -387,7 +412,8 @@ class Collector:
         self, accepted: Sequence[Touchpoint], rejected: Sequence[RejectedCall]
     ) -> None:
         topics = self.settings.topics
-        records = touchpoint_records(topics.touchpoints, accepted)
+        partitions = await self.connection.partition_count(topics.touchpoints) if accepted else None
+        records = touchpoint_records(topics.touchpoints, accepted, partitions)
         dead = [dead_letter(topics.dlq, r) for r in rejected]
         if not records and not dead:
             return
@@ -433,6 +459,9 @@ def create_app(settings: Settings, publisher: Publisher | BrokerConnection) -> w
     batch.add_route("OPTIONS", collector.preflight)
     app.router.add_get(HEALTH_PATH, collector.health)
     app.router.add_get(METRICS_PATH, collector.metrics)
+    from stream.producers import email_tracking
+
+    email_tracking.add_routes(app, collector)
     return app
 
 

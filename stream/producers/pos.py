@@ -43,7 +43,8 @@ from kafka.errors import KafkaError
 
 from stream import contract
 from stream.contract import InvalidTouchpoint, Touchpoint
-from stream.producers.publisher import Publisher, PublishError, Record
+from stream.observability import metrics
+from stream.producers.publisher import Publisher, PublishError, Record, packed_records
 from stream.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -757,6 +758,7 @@ class PosProducer:
         self.rejects_path = settings.path(settings.pos.rejects)
         #: Counts of the current (or last) run; readable while it runs.
         self.report = PosReport()
+        self._partitions: int | None = None
 
     def run(
         self,
@@ -780,6 +782,7 @@ class PosProducer:
         self.report = report = PosReport()
         checkpoint = Checkpoint(self.checkpoint_path)
         specs = self._expand(paths, fmt)
+        folders = [p for p in paths if str(p) != STDIN and Path(p).is_dir()]
         sources: dict[str, _Source] = {}
         done: set[str] = set()
         try:
@@ -807,7 +810,8 @@ class PosProducer:
                         log.info("pos: %s was replaced; reading the new file from the start", key)
                 if not follow or self._stopping(stop, max_rows):
                     return report
-                if not any(k != STDIN and k not in done for k, _ in specs):
+                # A watched folder may gain files later, even when it is empty now.
+                if not folders and not any(k != STDIN and k not in done for k, _ in specs):
                     return report
                 if not progressed:
                     stop.wait(self.poll_interval_s)
@@ -882,13 +886,23 @@ class PosProducer:
         self._commit(source, checkpoint, batch)
         return count
 
+    def _records(self, topic: str, tps: list[Touchpoint]) -> list[Record]:
+        """A batch's sales packed per destination partition (see ``stream.contract``),
+        or one record each when the publisher cannot tell the partition count."""
+        if self._partitions is None:
+            count = getattr(self.publisher, "partition_count", None)
+            self._partitions = count(topic) if count is not None else 0
+        if self._partitions:
+            return packed_records(topic, tps, self._partitions)
+        return [(topic, tp.routing_key.encode(), contract.dumps(tp)) for tp in tps]
+
     def _commit(self, source: _Source, checkpoint: Checkpoint, batch: list[ExportRow]) -> None:
         """Send a batch, wait for the acks, write its rejects, then move the checkpoint."""
         if not batch:
             return
         topic = self.settings.topics.touchpoints
         currency = self.settings.pos.default_currency
-        records: list[Record] = []
+        tps: list[Touchpoint] = []
         rejects: list[tuple[ExportRow, str]] = []
         for row in batch:
             if isinstance(row.row, InvalidTouchpoint):
@@ -899,13 +913,15 @@ class PosProducer:
             except InvalidTouchpoint as exc:
                 rejects.append((row, exc.reason))
                 continue
-            records.append((topic, tp.routing_key.encode(), contract.dumps(tp)))
-        if records:
-            self.publisher.send_and_wait(records)
-            self.report.published += len(records)
+            tps.append(tp)
+        if tps:
+            self.publisher.send_and_wait(self._records(topic, tps))
+            self.report.published += len(tps)
+            metrics.POS_ROWS.labels(outcome="published").inc(len(tps))
         if rejects:
             self._write_rejects(source.key, rejects)
             self.report.rejected += len(rejects)
+            metrics.POS_ROWS.labels(outcome="rejected").inc(len(rejects))
         source.rows += len(batch)
         if source.is_stdin:
             return
@@ -993,6 +1009,11 @@ def main(args: argparse.Namespace, settings: Settings) -> int:
         print(f"journey pos: cannot reach the broker: {exc!r}", file=sys.stderr)
         return 1
     producer = PosProducer(settings, publisher)
+    if pos.metrics_port:
+        from prometheus_client import start_http_server
+
+        # A daemon thread serving /metrics (and /) until the process exits.
+        start_http_server(pos.metrics_port, addr=pos.metrics_host)
     stop = threading.Event()
     outcome: dict[str, BaseException] = {}
 

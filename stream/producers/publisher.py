@@ -15,12 +15,64 @@ from typing import Any
 
 from kafka import KafkaProducer
 from kafka.errors import KafkaError
+from kafka.partitioner.default import murmur2
 
+from stream import contract
+from stream.contract import Touchpoint
 from stream.settings import BrokerSettings
 
 log = logging.getLogger(__name__)
 
 Record = tuple[str, bytes | None, bytes]  # (topic, key, value)
+
+#: Kafka's default message.max.bytes is ~1 MB; packed records stay well below it.
+MAX_RECORD_BYTES = 512 * 1024
+
+
+def partition_of(key: bytes, partitions: int) -> int:
+    """The partition Kafka's default partitioner (murmur2, as in Java, aiokafka
+    and kafka-python) sends ``key`` to."""
+    return (murmur2(key) & 0x7FFFFFFF) % partitions
+
+
+def packed_records(
+    topic: str,
+    tps: Sequence[Touchpoint],
+    partitions: int,
+    max_bytes: int = MAX_RECORD_BYTES,
+) -> list[Record]:
+    """Touchpoints packed into one record per destination partition (see ``stream.contract``).
+
+    Each record is a JSON array of touchpoints whose routing keys all hash to
+    one partition, keyed by the first one's routing key (so the default
+    partitioner puts it on that partition). Events keep their order within a
+    partition, hence within each routing key; a group is split only past
+    ``max_bytes``. Consumers pay the broker's and the stream framework's
+    per-message cost once per partition instead of once per customer.
+    """
+    groups: dict[int, list[Touchpoint]] = {}
+    keys: dict[str, int] = {}
+    for tp in tps:
+        key = tp.routing_key
+        p = keys.get(key)
+        if p is None:
+            p = keys[key] = partition_of(key.encode(), partitions)
+        groups.setdefault(p, []).append(tp)
+    return [
+        (topic, part[0].routing_key.encode(), value)
+        for group in groups.values()
+        for part, value in _packed_values(group, max_bytes)
+    ]
+
+
+def _packed_values(
+    group: Sequence[Touchpoint], max_bytes: int
+) -> list[tuple[Sequence[Touchpoint], bytes]]:
+    value = contract.dumps(group[0]) if len(group) == 1 else contract.dumps_many(group)
+    if len(value) <= max_bytes or len(group) == 1:
+        return [(group, value)]
+    mid = len(group) // 2
+    return _packed_values(group[:mid], max_bytes) + _packed_values(group[mid:], max_bytes)
 
 
 class PublishError(RuntimeError):
@@ -65,6 +117,13 @@ class Publisher:
             max_request_size=4 * 1024 * 1024,
         )
         self._executor = ThreadPoolExecutor(max_workers=4, thread_name_prefix="publish")
+
+    def partition_count(self, topic: str) -> int:
+        """How many partitions ``topic`` has (waits for metadata up to the ack timeout)."""
+        parts = self._producer.partitions_for(topic)
+        if not parts:
+            raise PublishError(f"no partitions known for topic {topic!r}")
+        return len(parts)
 
     def send_and_wait(self, records: Iterable[Record]) -> int:
         """Send records and block until all are acknowledged; returns the count."""

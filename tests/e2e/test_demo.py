@@ -19,7 +19,7 @@ def test_demo_runs_the_whole_stack_and_exits_cleanly(tmp_path: Path) -> None:
             "stream.cli",
             "demo",
             "--duration",
-            "25",
+            "45",
             "--rate",
             "15",
             "--workdir",
@@ -44,7 +44,12 @@ def test_demo_runs_the_whole_stack_and_exits_cleanly(tmp_path: Path) -> None:
     assert report["collector_responses"].get("400", 0) > 0
     assert report["transitions"] > 0
     assert report["funnel"]["customers"] > 0
-    assert "events in" in out and "stages now" in out
+    assert "events in" in out and "stages now" in out and "dispatch" in out
+    # Carts were abandoned and the dispatcher mailed follow-ups into the catcher's folder.
+    assert sum(report["abandoned"].values()) > 0, report
+    assert report["dispatch"].get("sent", 0) > 0, report
+    emails = list(Path(report["mailbox"]).glob("*.eml"))
+    assert len(emails) == report["emails"] >= report["dispatch"]["sent"]
     # Nothing of the demo is left running.
     leftover = subprocess.run(
         ["pgrep", "-f", str(workdir)], capture_output=True, text=True, check=False

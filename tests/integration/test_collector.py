@@ -28,7 +28,7 @@ from segment.analytics import Client
 from stream import contract
 from stream.contract import Touchpoint
 from stream.producers.collector import BrokerConnection, create_app
-from stream.producers.publisher import Publisher
+from stream.producers.publisher import Publisher, partition_of
 from stream.settings import ROOT, Settings
 from tests.helpers import read_topic, wait_for
 
@@ -260,11 +260,13 @@ def test_segment_sdk_batches_arrive_once_each(
     counts = Counter(tp.event_id for _, _, tp in seen)
     assert counts == Counter(set(expected)), "every call exactly once"
     assert {tp.event_id: tp.type for _, _, tp in seen} == expected
+    partitions = collector_settings.topics.partitions
     for key, _, tp in seen:
-        assert key == tp.routing_key.encode()
+        # Packed per destination partition, keyed by the first event's routing key.
+        assert partition_of(key, partitions) == partition_of(tp.routing_key.encode(), partitions)
         assert tp.source == "web"
         assert tp.channel == "web"
-    # Events of one shopper travel together: several per record, in call order.
+    # Events of one partition travel together: several per record, in call order.
     arrays = [value for _, value, _ in seen if isinstance(value, list)]
     assert arrays
     order = list(expected)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import re
 import smtplib
@@ -9,6 +10,7 @@ import socket
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 from collections.abc import Callable, Iterator
 from datetime import datetime
@@ -21,6 +23,7 @@ from aiokafka import AIOKafkaConsumer
 from aiokafka import TopicPartition as AioTopicPartition
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 
+from stream.app import fetched_end_offsets
 from stream.embedded import (
     EmbeddedBroker,
     EmbeddedRedis,
@@ -29,6 +32,7 @@ from stream.embedded import (
     create_topics,
     wait_until,
 )
+from stream.topics import read_topic
 
 
 def port_is_free(port: int) -> bool:
@@ -141,6 +145,42 @@ def test_end_offsets_are_unreliable_but_fetch_highwater_is_exact(
         assert consumer.highwater(tp) == 10
     finally:
         consumer.close()
+    # What the embedded stack's table recovery reads to (see recover_to_fetched_end).
+    reported = {AioTopicPartition(topic, 0): 1}
+    assert asyncio.run(fetched_end_offsets(broker.bootstrap, reported)) == {
+        AioTopicPartition(topic, 0): 10
+    }
+
+
+def test_read_topic_ends_while_the_topic_is_still_written(
+    broker: EmbeddedBroker, unique: str
+) -> None:
+    """``read_topic`` returns what was on the topic when called, batches included,
+    and does not chase a writer that never stops (the worker's event-time marks
+    go to ``touchpoints.resolved`` every quarter second; chasing them hung a test
+    for its whole 300 s timeout)."""
+    topic = f"embedded-read-{unique}"
+    create_topics(broker.bootstrap, {topic: 2})
+    producer = KafkaProducer(bootstrap_servers=broker.bootstrap, acks="all", linger_ms=20)
+    stop = threading.Event()
+
+    def keep_writing() -> None:
+        while not stop.is_set():
+            producer.send(topic, value=b"later").get(timeout=10)
+            stop.wait(0.05)
+
+    try:
+        for i in range(50):
+            producer.send(topic, value=b"before", partition=i % 2)
+        producer.flush()
+        writer = threading.Thread(target=keep_writing, daemon=True)
+        writer.start()
+        records = read_topic(broker.bootstrap, topic, timeout_s=20)
+        assert writer.is_alive()  # the topic was written to all along
+        assert [r.value for r in records].count(b"before") == 50
+    finally:
+        stop.set()
+        producer.close()
 
 
 def test_broker_on_a_taken_port_fails_with_its_log(tmp_path: Path) -> None:

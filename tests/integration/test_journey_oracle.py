@@ -1,9 +1,9 @@
 """The streaming journey pipeline against its oracle (``journey replay``), on the real broker.
 
-The worker and the oracle must end with the same journey states and the same
-set of transitions for the same events, also when the worker is killed
-mid-stream and a new one (with an empty local store) recovers from the
-changelog.
+The worker and the oracle must end with the same journey states, the same set
+of transitions and the same follow-up triggers for the same events, also when
+the worker is killed mid-stream and a new one (with an empty local store)
+recovers from the changelog.
 """
 
 from __future__ import annotations
@@ -20,9 +20,9 @@ from loadtest import simulator
 from stream import contract
 from stream.app import all_topic_partitions
 from stream.journey.api import combine, funnel_figures
+from stream.journey.model import journey_model
 from stream.journey.replay import run_oracle
-from stream.journey.stages import load_model
-from stream.settings import CONFIG_DIR, Settings
+from stream.settings import Settings
 from stream.topics import create_topics
 from tests.helpers import read_topic, wait_for
 from tests.procs import Worker, http_get
@@ -51,7 +51,7 @@ def simulated_log(customers: int, seed: int) -> list[contract.Touchpoint]:
 
 
 def oracle_for(events: list[contract.Touchpoint], settings: Settings) -> Any:
-    model = load_model(settings.journey.stage_model, CONFIG_DIR / "stages")
+    model = journey_model(settings)
     until = int(time.time() * 1000) - int(settings.journey.allowed_lateness_s * 1000)
     return run_oracle(events, model, int(settings.journey.allowed_lateness_s * 1000), until)
 
@@ -74,6 +74,21 @@ def oracle_transitions(oracle: Any) -> set[tuple]:
         (t.customer_id, t.from_stage, t.to_stage, t.at, t.cause_event_id)
         for t in oracle.transitions
     }
+
+
+def streamed_triggers(settings: Settings) -> list[bytes]:
+    """Triggers on the topic, without the wall-clock fields only the stream has."""
+    records = read_topic(settings.broker.bootstrap, settings.topics.triggers, timeout_s=30)
+    return [comparable_trigger(orjson.loads(r.value)) for r in records]
+
+
+def comparable_trigger(body: dict) -> bytes:
+    body = {k: v for k, v in body.items() if k not in ("fired_at", "extra")}
+    return orjson.dumps(body, option=orjson.OPT_SORT_KEYS)
+
+
+def oracle_triggers(oracle: Any) -> list[bytes]:
+    return [comparable_trigger(t.to_dict()) for t in oracle.triggers]
 
 
 def wait_settled(
@@ -120,8 +135,17 @@ def test_stream_equals_oracle(journey_settings: Settings, tmp_path: Path) -> Non
         got = wait_settled(worker, journey_settings, expected, timeout=180)
         assert got == expected
         assert_states_equal(worker, oracle)
+        want_triggers = oracle_triggers(oracle)
+        assert {orjson.loads(t)["rule"] for t in want_triggers} >= {"cart", "browse", "welcome"}
+        triggers = wait_for(
+            lambda: streamed_triggers(journey_settings),
+            lambda got: len(got) >= len(want_triggers),
+            timeout_s=30,
+        )
+        # Exactly once each, and exactly the oracle's.
+        assert sorted(triggers) == sorted(want_triggers)
 
-        model = load_model(journey_settings.journey.stage_model, CONFIG_DIR / "stages")
+        model = journey_model(journey_settings)
         status, funnel = http_get(f"{worker.url}/funnel")
         assert status == 200
         assert funnel == orjson.loads(
@@ -140,6 +164,10 @@ def test_stream_equals_oracle(journey_settings: Settings, tmp_path: Path) -> Non
             lambda populations: populations == want,
             timeout_s=10,
         )
+        # Every identity link this backlog made was answered in time (none settled
+        # without its orphan journey's answer).
+        _, text = http_get(f"{worker.url}/metrics")
+        assert "\njourney_identity_links_unanswered_total 0.0\n" in text
     finally:
         worker.stop()
 
@@ -174,6 +202,14 @@ def test_worker_killed_mid_stream_recovers_from_changelog(
         got = wait_settled(second, fresh, expected, timeout=240)
         assert got == expected
         assert_states_equal(second, oracle)
+        # At least once on the topic (a crash may re-emit), and the same set as the oracle.
+        want_triggers = set(oracle_triggers(oracle))
+        triggers = wait_for(
+            lambda: set(streamed_triggers(fresh)),
+            lambda got: len(got) >= len(want_triggers),
+            timeout_s=30,
+        )
+        assert triggers == want_triggers
     finally:
         second.stop()
 

@@ -18,7 +18,7 @@ import pytest
 
 from stream.producers import pos
 from stream.producers.pos import PosProducer, PosReport
-from stream.producers.publisher import Publisher, PublishError, Record
+from stream.producers.publisher import Publisher, PublishError, Record, partition_of
 from stream.settings import ROOT, Settings
 from tests.helpers import read_topic, wait_for
 
@@ -78,7 +78,13 @@ def publisher(settings: Settings, topic: str) -> Iterator[Publisher]:
 
 
 def on_topic(broker: Any, topic: str) -> list[dict[str, Any]]:
-    return [orjson.loads(r.value) for r in read_topic(broker.bootstrap, topic)]
+    return [tp for r in read_topic(broker.bootstrap, topic) for tp in records_of(r.value)]
+
+
+def records_of(value: bytes) -> list[dict[str, Any]]:
+    """The touchpoints of one record: an object, or an array packed per partition."""
+    decoded = orjson.loads(value)
+    return decoded if isinstance(decoded, list) else [decoded]
 
 
 def event_ids(broker: Any, topic: str) -> Counter[str]:
@@ -112,7 +118,7 @@ class RecordingPublisher:
             raise PublishError("broker did not acknowledge: simulated outage")
         records = list(records)
         n = self.inner.send_and_wait(records)
-        self.sent.extend(orjson.loads(value)["event_id"] for _, _, value in records)
+        self.sent.extend(tp["event_id"] for _, _, value in records for tp in records_of(value))
         return n
 
 
@@ -149,9 +155,21 @@ def test_good_rows_reach_the_topic_once_and_bad_rows_are_rejected(
     assert by_id[eid("S1", "R1")]["properties"]["value"] == 12.9
     assert by_id[eid("S1", "R2")]["properties"]["email"] == "ann@example.com"
     assert by_id[eid("S1", "R7", "refund")]["type"] == "return"
-    keys = {orjson.loads(r.value)["event_id"]: r.key for r in read_topic(broker.bootstrap, topic)}
-    assert keys[eid("S1", "R2")] == b"email:ann@example.com"
-    assert keys[eid("S1", "R7", "refund")] == b"loyalty:LC-7"
+    # Packed per destination partition, keyed by the first event's routing key:
+    # every sale lands on the partition its routing key hashes to.
+    partitions = settings.topics.partitions
+    keys = {
+        tp["event_id"]: (r.key, r.partition)
+        for r in read_topic(broker.bootstrap, topic)
+        for tp in records_of(r.value)
+    }
+    for event_id, routing_key in (
+        (eid("S1", "R2"), b"email:ann@example.com"),
+        (eid("S1", "R7", "refund"), b"loyalty:LC-7"),
+    ):
+        key, partition = keys[event_id]
+        assert partition == partition_of(routing_key, partitions)
+        assert partition_of(key, partitions) == partition
 
     got = rejects(settings)
     assert [(r["file"], r["line"]) for r in got] == [(str(export), n) for n in (4, 5, 6, 8, 9, 11)]

@@ -18,6 +18,24 @@ from tests.procs import Worker
 T0 = 1_767_225_600_000  # 2026-01-01T00:00:00Z
 
 
+def packed_resolved(bootstrap: str, topic: str) -> list:
+    """Packed touchpoint records of ``touchpoints.resolved`` (it also carries marks)."""
+    return [r for r in read_topic(bootstrap, topic) if contract.loads_mark(r.value) is None]
+
+
+def resolved_touchpoints(
+    settings: Settings, at_least: int
+) -> list[tuple[str, contract.Touchpoint]]:
+    """(journey key, touchpoint) of every event forwarded, once at least ``at_least`` are."""
+    records = wait_for(
+        lambda: packed_resolved(settings.broker.bootstrap, settings.topics.resolved),
+        lambda recs: (
+            sum(len(tps) for r in recs for _, tps in contract.loads_groups(r.value)) >= at_least
+        ),
+    )
+    return [(key, tp) for r in records for key, tps in contract.loads_groups(r.value) for tp in tps]
+
+
 def tp(event_id: str, **kw: object) -> dict:
     base = {"event_id": event_id, "type": "page_view", "channel": "web", "timestamp": T0}
     base.update(kw)
@@ -57,16 +75,7 @@ def test_routes_valid_events_and_dead_letters_bad_ones(settings: Settings, worke
     worker.start().wait_ready()
     bootstrap = settings.broker.bootstrap
 
-    resolved = wait_for(
-        lambda: read_topic(bootstrap, settings.topics.resolved),
-        lambda recs: sum(len(tps) for r in recs for _, tps in contract.loads_groups(r.value)) >= 4,
-    )
-    events = {
-        tp.event_id: (key, tp.to_dict())
-        for r in resolved
-        for key, tps in contract.loads_groups(r.value)
-        for tp in tps
-    }
+    events = {t.event_id: (key, t.to_dict()) for key, t in resolved_touchpoints(settings, 4)}
     assert set(events) == {"g1", "g2", "g3", "g4"}
     assert events["g1"][0] == "c-1"
     assert events["g2"][0] == "anon:a-1"
@@ -89,3 +98,41 @@ def test_routes_valid_events_and_dead_letters_bad_ones(settings: Settings, worke
     assert worker.metric("journey_events_duplicate_total") == 1
     assert worker.metric("journey_events_ingested_total", type="other") == 1
     assert worker.metric("journey_events_dead_lettered_total") == 3
+
+
+def test_packed_message_of_many_raw_ids(settings: Settings, worker: Worker) -> None:
+    """A message packing several raw ids of one partition (as the collector and
+    the POS producer send them): each event is validated on its own, a bad one is
+    dead-lettered with its own bytes and index, and one whose raw id hashes to
+    another partition is re-routed there and still arrives."""
+    from stream.producers.publisher import packed_records, partition_of
+
+    n = settings.topics.partitions
+    topic = settings.topics.touchpoints
+    home = partition_of(b"c-p0", n)
+    same = [f"c-p{i}" for i in range(200) if partition_of(f"c-p{i}".encode(), n) == home][:3]
+    other = next(f"c-x{i}" for i in range(200) if partition_of(f"c-x{i}".encode(), n) != home)
+    good = [contract.parse(tp(f"p{i}", customer_id=c)) for i, c in enumerate(same)]
+    ((_, key, value),) = packed_records(topic, good, n)
+    assert key == same[0].encode()
+    bad = {"event_id": "pb", "type": "page_view", "customer_id": same[1]}  # no channel
+    stray = tp("px", customer_id=other)
+    items = orjson.loads(value)
+    packed = orjson.dumps([items[0], bad, items[1], stray, items[2]])
+    producer = KafkaProducer(bootstrap_servers=settings.broker.bootstrap, acks="all")
+    producer.send(topic, key=key, value=packed, partition=home)
+    producer.flush()
+    producer.close()
+
+    worker.start().wait_ready()
+    bootstrap = settings.broker.bootstrap
+    events = {t.event_id: key for key, t in resolved_touchpoints(settings, 4)}
+    assert events == {"p0": same[0], "p1": same[1], "p2": same[2], "px": other}
+    (dead,) = wait_for(
+        lambda: read_topic(bootstrap, settings.topics.dlq), lambda recs: len(recs) >= 1
+    )
+    assert orjson.loads(dead.value) == bad
+    headers = dict(dead.headers)
+    assert headers["index"] == b"1"
+    assert headers["reason"].startswith(b"channel must be one of")
+    assert worker.metric("journey_events_rerouted_total") == 1

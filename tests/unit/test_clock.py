@@ -5,7 +5,7 @@ from __future__ import annotations
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from stream.journey.clock import NEVER, DueIndex, PartitionClock
+from stream.journey.clock import NEVER, DueIndex, MergedClock, PartitionClock
 
 T0 = 1_700_000_000_000
 LATE = 60_000
@@ -173,3 +173,43 @@ def test_due_index_matches_a_plain_dict(ops: list[tuple[str, int | None]], water
     remaining = {k: at for k, at in model.items() if at > watermark}
     assert len(due) == len(remaining)
     assert due.next_due() == (min(remaining.values()) if remaining else None)
+
+
+# -- merged clock: a journey partition's watermark from every source's marks --------
+
+
+def test_merged_clock_waits_for_every_source() -> None:
+    clock = MergedClock(LATE, sources=3)
+    assert clock.update(0, T0, now_ms=1) == NEVER
+    assert clock.update(1, T0 + 5_000, now_ms=2) == NEVER
+    assert clock.update(2, T0 + 9_000, now_ms=3) == T0 - LATE
+    assert clock.passed_at(T0 - LATE) == 3
+    assert clock.passed_at(T0) is None
+
+
+def test_merged_clock_follows_the_slowest_source_and_never_goes_back() -> None:
+    clock = MergedClock(LATE, sources=2)
+    clock.update(0, T0 + 10_000, now_ms=1)
+    clock.update(1, T0, now_ms=2)
+    assert clock.watermark() == T0 - LATE
+    clock.update(1, T0 - 50_000, now_ms=3)  # an older mark (a re-sent one) is ignored
+    assert clock.watermark() == T0 - LATE
+    clock.update(1, T0 + 20_000, now_ms=4)
+    assert clock.watermark() == T0 + 10_000 - LATE
+    assert clock.passed_at(T0 + 1 - LATE) == 4
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.tuples(st.integers(0, 3), st.integers(0, 10**6)), max_size=40))
+def test_merged_clock_is_min_of_latest_marks_minus_lateness(
+    updates: list[tuple[int, int]],
+) -> None:
+    clock = MergedClock(LATE, sources=4)
+    best: dict[int, int] = {}
+    previous = NEVER
+    for i, (source, mark) in enumerate(updates):
+        best[source] = max(best.get(source, NEVER), mark)
+        wm = clock.update(source, mark, now_ms=i)
+        want = min(best.values()) - LATE if len(best) == 4 else NEVER
+        assert wm == max(previous, want)
+        previous = wm

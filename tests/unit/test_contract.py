@@ -414,3 +414,60 @@ def test_groups_round_trip() -> None:
     raw = contract.dumps_groups([("anon:anon-1", [a]), ("c", [b])])
     assert contract.loads_groups(raw) == [("anon:anon-1", [a]), ("c", [b])]
     assert [parse(d) for d in orjson.loads(contract.dumps_many([a, b]))] == [a, b]
+
+
+def test_marks_and_packed_groups_are_told_apart() -> None:
+    raw = contract.dumps_mark(3, 1_700_000_000_000)
+    assert contract.loads_mark(raw) == (3, 1_700_000_000_000)
+    assert contract.loads_mark(contract.dumps_groups([])) is None
+
+
+# -- pack_groups ------------------------------------------------------------------
+
+
+def test_pack_groups_bounds_each_value_and_keeps_every_touchpoint_in_order() -> None:
+    from stream.contract import loads_groups, pack_groups
+
+    groups = [
+        (
+            f"cust-{k}",
+            [parse(event(event_id=f"e-{k}-{i}", customer_id=f"cust-{k}")) for i in range(40)],
+        )
+        for k in range(30)
+    ]
+    groups.append(
+        ("big", [parse(event(event_id=f"big-{i}", customer_id="big")) for i in range(400)])
+    )
+    values = list(pack_groups(groups, 8 * 1024))
+    assert len(values) > 1
+    assert all(len(v) <= 8 * 1024 for v in values)
+    got: dict[str, list[str]] = {}
+    for v in values:
+        for key, tps in loads_groups(v):
+            got.setdefault(key, []).extend(tp.event_id for tp in tps)
+    assert got == {key: [tp.event_id for tp in tps] for key, tps in groups}
+    (single,) = pack_groups(groups[:2], 1 << 20)
+    assert single == contract.dumps_groups(groups[:2])
+
+
+def test_pack_groups_with_returns_what_loads_groups_reads() -> None:
+    from stream.app import Handoff
+
+    groups = [
+        (
+            f"cust-{k}",
+            [parse(event(event_id=f"e-{k}-{i}", customer_id=f"cust-{k}")) for i in range(40)],
+        )
+        for k in range(30)
+    ]
+    packed = list(contract.pack_groups_with(groups, 8 * 1024))
+    assert len(packed) > 1
+    handoff = Handoff()
+    for offset, (value, held) in enumerate(packed):
+        assert contract.loads_groups(value) == held
+        handoff.put(0, offset, value, held)
+    value, held = packed[0]
+    assert handoff.take(0, 0, value) == held
+    assert handoff.take(0, 0, value) is None  # taken once
+    assert handoff.take(0, 1, packed[2][0]) is None  # other bytes at that offset: decode
+    assert handoff.take(0, 2, packed[2][0]) == packed[2][1]

@@ -141,9 +141,10 @@ def test_link_message_records_and_merges_the_orphan() -> None:
     ((orphan, merge),) = res.merges
     assert orphan == "loyalty:L-7"
     assert merge.properties == {"into": "c-1", "alias": "loyalty:L-7"}
-    # Already linked: nothing to do.
+    # Already linked: nothing to record, but the orphan still answers the customer.
     again = resolve(link, table(**{"loyalty:L-7": "c-1"}))
-    assert (again.record, again.merges) == (None, [])
+    assert again.record is None
+    assert [k for k, _ in again.merges] == ["loyalty:L-7"]
 
 
 # -- the oracle --------------------------------------------------------------------
@@ -215,11 +216,12 @@ def test_oracle_merge_keeps_transitions_in_time_order() -> None:
     (journey,) = merged.final_states()
     entered = [v.entered_at for v in journey.history]
     assert entered == sorted(entered)
-    # The customer's own purchase settles before the orphan's settled journey is
-    # folded in; a settled orphan only moves the customer forward (by stage rank),
-    # it is not replayed event by event.
-    assert journey.stage == "purchase"
+    # The orphan's events (its settled ones from its journal) are replayed into the
+    # customer's journey in event-time order: the cart after the purchase starts a
+    # new cycle, exactly as if every event had carried the customer id.
+    assert journey.stage == "decision"
     assert journey.orders.count == 1
+    assert [v.stage for v in journey.history] == ["purchase", "decision"]
 
 
 # -- RecentIds ---------------------------------------------------------------------

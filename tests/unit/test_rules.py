@@ -435,16 +435,17 @@ def test_merge_pending_orphan_events_settle_in_order() -> None:
     assert into.anonymous_ids == ["x"]
 
 
-def test_merge_adds_settled_totals_and_moves_ahead() -> None:
+def test_merge_replays_settled_orphan_events_from_its_journal() -> None:
     into, _ = settle([ev("a", "page_view", T0)], until=T0 + HOUR)
     orphan, _ = settle(
         [ev("o1", "pos_purchase", T0 + 1, customer=None, channel="pos", loyalty_id="L", value=9)],
         until=T0 + HOUR,
         state=JourneyState(key="loyalty:L"),
     )
+    assert [tp.event_id for tp in orphan.journal] == ["o1"]
     into, out = rules.merge(into, orphan, "loyalty:L", FIVE)
     assert moves(out) == [("awareness", "purchase")]
-    assert out[0].cause_event_id == "merge:loyalty:L"
+    assert out[0].cause_event_id == "o1"
     assert out[0].at == T0 + 1
     assert (into.events, into.orders.count, into.orders.total_value) == (2, 1, 9.0)
     assert into.loyalty_ids == ["L"]
@@ -452,6 +453,20 @@ def test_merge_adds_settled_totals_and_moves_ahead() -> None:
     # The orphan's events are never counted twice.
     into, out = rules.apply(into, ev("o1", "pos_purchase", T0 + 1, customer=None), FIVE)
     assert into.events == 2
+
+
+def test_merge_of_an_orphan_without_a_full_journal_adds_totals_and_moves_ahead() -> None:
+    into, _ = settle([ev("a", "page_view", T0)], until=T0 + HOUR)
+    orphan, _ = settle(
+        [ev("o1", "pos_purchase", T0 + 1, customer=None, channel="pos", loyalty_id="L", value=9)],
+        until=T0 + HOUR,
+        state=JourneyState(key="loyalty:L"),
+    )
+    orphan.journal, orphan.journal_truncated = [], True
+    into, out = rules.merge(into, orphan, "loyalty:L", FIVE)
+    assert moves(out) == [("awareness", "purchase")]
+    assert out[0].cause_event_id == "merge:loyalty:L"
+    assert (into.events, into.orders.count, into.orders.total_value) == (2, 1, 9.0)
 
 
 def test_merge_reports_transitions_of_late_orphan_events() -> None:

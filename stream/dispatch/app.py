@@ -1,0 +1,179 @@
+"""The dispatcher's Faust shell: topics in and out, agents, the release timer, HTTP.
+
+Consumer group ``<app_id>-dispatcher`` reads ``journey.triggers`` (one Trigger
+JSON per message) and ``touchpoints.resolved`` (purchases and unsubscribes)
+at-least-once; effects are made idempotent by the Redis claim. The web port
+serves ``/metrics`` and ``/ready``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import replace
+from typing import Any
+
+import faust
+import redis.asyncio as aioredis
+import redis.exceptions
+from aiokafka import AIOKafkaConsumer, TopicPartition
+
+from stream.app import broker_ssl_context, faust_app
+from stream.dispatch.dispatcher import Dispatcher
+from stream.dispatch.guards import Guards, Keys
+from stream.dispatch.outcomes import OutcomeRecord
+from stream.dispatch.render import Renderer
+from stream.dispatch.schedule import Schedule
+from stream.dispatch.signals import SignalProgress, SignalRecorder
+from stream.dispatch.smtp import SmtpSender
+from stream.observability import metrics as m
+from stream.settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+def dispatcher_settings(settings: Settings) -> Settings:
+    """The worker section as the dispatcher's Faust app uses it (own group id, web port)."""
+    d = settings.dispatch
+    worker = replace(
+        settings.worker,
+        app_id=f"{settings.worker.app_id}-dispatcher",
+        web_host=d.web_host,
+        web_port=d.web_port,
+    )
+    return replace(settings, worker=worker)
+
+
+class EndOffsets:
+    """End offsets straight from the broker (a group-less aiokafka consumer, started lazily)."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self._consumer: AIOKafkaConsumer | None = None
+        self._lock = asyncio.Lock()
+
+    async def __call__(self, topic: str, partition: int) -> int:
+        async with self._lock:
+            if self._consumer is None:
+                b = self.settings.broker
+                consumer = AIOKafkaConsumer(
+                    bootstrap_servers=b.bootstrap,
+                    group_id=None,
+                    enable_auto_commit=False,
+                    security_protocol=b.security_protocol,
+                    sasl_mechanism=b.sasl_mechanism or "PLAIN",
+                    sasl_plain_username=b.sasl_username or None,
+                    sasl_plain_password=b.sasl_password or None,
+                    ssl_context=broker_ssl_context(b),
+                )
+                await consumer.start()
+                self._consumer = consumer
+        tp = TopicPartition(topic, partition)
+        ends = await self._consumer.end_offsets([tp])
+        return int(ends[tp])
+
+    async def close(self) -> None:
+        if self._consumer is not None:
+            await self._consumer.stop()
+            self._consumer = None
+
+
+class TopicOutbox:
+    """Outcomes and dead letters as Kafka records, sent through the Faust producer."""
+
+    def __init__(self, outcomes: faust.TopicT, dlq: faust.TopicT) -> None:
+        self.outcomes = outcomes
+        self.dlq = dlq
+
+    async def outcome(self, key: str, record: OutcomeRecord) -> None:
+        await self.outcomes.send(key=key.encode(), value=record.dumps())
+
+    async def dead_letter(self, key: str | None, raw: bytes, headers: dict[str, bytes]) -> None:
+        await self.dlq.send(
+            key=key.encode() if key is not None else None, value=raw, headers=headers
+        )
+
+
+def source_headers(event: faust.EventT) -> dict[str, bytes]:
+    msg = event.message
+    return {
+        "source_topic": str(msg.topic).encode(),
+        "source_partition": str(msg.partition).encode(),
+        "source_offset": str(msg.offset).encode(),
+    }
+
+
+def build_dispatcher_app(settings: Settings) -> faust.App:
+    """The dispatcher's Faust app with its agents, timer and pages registered."""
+    settings = dispatcher_settings(settings)
+    d = settings.dispatch
+    t = settings.topics
+    app = faust_app(settings, store="memory://")
+
+    def topic(name: str) -> faust.TopicT:
+        return app.topic(
+            name, partitions=t.partitions, key_serializer="raw", value_serializer="raw"
+        )
+
+    triggers, resolved = topic(t.triggers), topic(t.resolved)
+    outbox = TopicOutbox(topic(t.dispatch), topic(t.dispatch_dlq))
+    client = aioredis.Redis.from_url(settings.redis.url, socket_timeout=5, socket_connect_timeout=5)
+    keys = Keys(d.key_prefix)
+    end_offsets = EndOffsets(settings)
+    recorder = SignalRecorder(client, keys, t.resolved)
+    dispatcher = Dispatcher(
+        settings,
+        Guards(client, keys),
+        Schedule(client, keys),
+        SignalProgress(client, keys, t.resolved, t.partitions, end_offsets),
+        Renderer(settings.path(d.templates_dir)),
+        SmtpSender(settings.smtp, d.smtp_timeout_s),
+        outbox,
+    )
+
+    @app.agent(triggers, name="dispatch")
+    async def dispatch(stream: faust.StreamT) -> None:
+        async for event in stream.events():
+            await dispatcher.on_trigger(event.value, source_headers(event))
+
+    @app.agent(resolved, name="signals")
+    async def signals(stream: faust.StreamT) -> None:
+        async for event in stream.events():
+            delay = d.retry_backoff_s
+            while True:  # never skip a message: it may hold the purchase that cancels a send
+                try:
+                    await recorder.record(
+                        event.message.partition, event.message.offset, event.value
+                    )
+                    break
+                except redis.exceptions.RedisError as exc:
+                    m.DISPATCH_ERRORS.labels(stage="redis").inc()
+                    log.warning("cannot record signals (%r); retrying in %.1fs", exc, delay)
+                    await asyncio.sleep(delay)
+                    delay = min(delay * 2, d.retry_backoff_max_s)
+
+    @app.timer(interval=d.schedule_poll_s)
+    async def release_due() -> None:
+        try:
+            await dispatcher.release_due()
+        except redis.exceptions.RedisError as exc:
+            m.DISPATCH_ERRORS.labels(stage="redis").inc()
+            log.warning("cannot release scheduled follow-ups: %r", exc)
+
+    from faust.sensors.prometheus import setup_prometheus_sensors
+
+    setup_prometheus_sensors(app, name_prefix="faust_dispatcher")
+
+    @app.page("/ready")
+    async def ready(self: faust.web.View, request: faust.web.Request) -> faust.web.Response:
+        """200 once the dispatcher owns partitions and Redis answers."""
+        owned = sorted(f"{tp.topic}:{tp.partition}" for tp in app.consumer.assignment())
+        try:
+            redis_ok = bool(await client.ping())
+        except redis.exceptions.RedisError:
+            redis_ok = False
+        is_ready = bool(owned) and not app.rebalancing and redis_ok
+        body: dict[str, Any] = {"ready": is_ready, "redis": redis_ok, "active_partitions": owned}
+        return self.json(body, status=200 if is_ready else 503)
+
+    return app

@@ -1,0 +1,74 @@
+"""The pure decision before a send: may this trigger go now, later, or never?
+
+The dispatcher runs its checks in this order, each for a reason:
+
+1. idempotency claim (Redis, in ``guards``): first, so a re-delivered trigger
+   is answered ``deduplicated`` and never reaches a second decision or send;
+2. consent (:func:`screen`): an unsubscribe or a suppression entry blocks for
+   good; it is never delayed, whatever the hour;
+3. purchase (:func:`screen`): an abandonment whose customer bought after the
+   wait started is cancelled, never delayed (the email would arrive after the order);
+4. reachability (:func:`screen`): no address, nothing to send or to delay;
+5. quiet hours (:func:`screen`): only a sendable trigger waits for the window
+   to open, and it is screened again (consent, purchase) when released;
+6. frequency cap (Redis, atomic, in ``guards``): last before the send, so a
+   slot is only taken by an email that actually goes now; a delayed trigger
+   does not hold a slot overnight, and a failed send gives its slot back.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from stream.dispatch import outcomes
+from stream.dispatch.quiet_hours import QuietHours, zone_of
+from stream.triggers.trigger import ABANDONMENT, Trigger
+
+
+@dataclass(frozen=True, slots=True)
+class CustomerSignals:
+    """What Redis knows about the customer when the send is decided."""
+
+    unsubscribed: bool = False
+    suppressed: bool = False
+    #: Event time (epoch ms) of the latest purchase seen on ``touchpoints.resolved``.
+    purchased_at: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Screen:
+    """A decision other than "go on": an outcome, why, and for a delay when to retry."""
+
+    outcome: str
+    reason: str
+    release_at: int | None = None
+
+
+def screen(
+    trigger: Trigger,
+    signals: CustomerSignals,
+    now_ms: int,
+    quiet: QuietHours,
+    default_timezone: str,
+) -> Screen | None:
+    """None when the trigger may be sent now (subject to the frequency cap)."""
+    if signals.unsubscribed:
+        return Screen(outcomes.SUPPRESSED_CONSENT, "customer unsubscribed")
+    if signals.suppressed:
+        return Screen(outcomes.SUPPRESSED_CONSENT, "on the suppression list")
+    if (
+        trigger.kind == ABANDONMENT
+        and signals.purchased_at is not None
+        and signals.purchased_at > trigger.event_at
+    ):
+        return Screen(
+            outcomes.CANCELLED_PURCHASED,
+            f"purchase at {signals.purchased_at} after the wait began at {trigger.event_at}",
+        )
+    if not trigger.email:
+        return Screen(outcomes.UNREACHABLE, "no email address")
+    zone = zone_of(trigger.timezone, default_timezone)
+    release = quiet.release_at(now_ms, zone)
+    if release is not None:
+        return Screen(outcomes.DELAYED_QUIET_HOURS, f"quiet hours in {zone.key}", release)
+    return None

@@ -1,0 +1,137 @@
+"""Purchases and unsubscribes from ``touchpoints.resolved``, recorded in Redis.
+
+The dispatcher reads the resolved topic (packed ``[[journey_key, [touchpoint,
+...]], ...]`` messages) and keeps, per journey key, the latest purchase event
+time and whether the customer unsubscribed. With each message it records the
+next offset of that partition in the same Lua call, so "has the signal
+consumer read up to offset N?" is a Redis read that any dispatcher can answer,
+whichever of them owns the partition.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable, Iterable
+from dataclasses import dataclass
+
+import redis.asyncio as aioredis
+from aiokafka.partitioner import DefaultPartitioner
+
+from stream import contract
+from stream.contract import Touchpoint
+from stream.dispatch.guards import Keys
+
+PURCHASE_TYPES = frozenset({"purchase", "pos_purchase"})
+UNSUBSCRIBE_TYPES = frozenset({"unsubscribe"})
+
+_RECORD = """
+for i = 2, #KEYS do
+  local u = ARGV[2 * i - 2]
+  local p = ARGV[2 * i - 1]
+  if u ~= '' and tonumber(u) > tonumber(redis.call('HGET', KEYS[i], 'unsubscribed_at') or '-1') then
+    redis.call('HSET', KEYS[i], 'unsubscribed_at', u)
+  end
+  if p ~= '' and tonumber(p) > tonumber(redis.call('HGET', KEYS[i], 'purchased_at') or '-1') then
+    redis.call('HSET', KEYS[i], 'purchased_at', p)
+  end
+end
+if tonumber(ARGV[1]) > tonumber(redis.call('GET', KEYS[1]) or '-1') then
+  redis.call('SET', KEYS[1], ARGV[1])
+end
+return 1
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class JourneySignal:
+    """What one message says about one journey (event times in epoch ms)."""
+
+    unsubscribed_at: int | None = None
+    purchased_at: int | None = None
+
+
+def signals_of(groups: Iterable[tuple[str, list[Touchpoint]]]) -> dict[str, JourneySignal]:
+    """Latest unsubscribe and purchase per journey key in a packed message (pure)."""
+    out: dict[str, JourneySignal] = {}
+    for key, tps in groups:
+        unsub = out.get(key, JourneySignal()).unsubscribed_at
+        bought = out.get(key, JourneySignal()).purchased_at
+        for tp in tps:
+            if tp.type in UNSUBSCRIBE_TYPES:
+                unsub = max(unsub or tp.timestamp, tp.timestamp)
+            elif tp.type in PURCHASE_TYPES:
+                bought = max(bought or tp.timestamp, tp.timestamp)
+        if unsub is not None or bought is not None:
+            out[key] = JourneySignal(unsub, bought)
+    return out
+
+
+_partitioner = DefaultPartitioner()
+
+
+def partition_for(journey_key: str, partitions: int) -> int:
+    """The partition the engine's producer hashes ``journey_key`` to (murmur2, as Kafka's)."""
+    every = list(range(partitions))
+    return int(_partitioner(journey_key.encode(), every, every))
+
+
+class SignalRecorder:
+    """Applies resolved-topic messages to Redis, with the partition's read offset."""
+
+    def __init__(self, client: aioredis.Redis, keys: Keys, topic: str) -> None:
+        self.keys = keys
+        self.topic = topic
+        self._record = client.register_script(_RECORD)
+
+    async def record(self, partition: int, offset: int, raw: bytes | None) -> None:
+        # Source marks (event-time progress) share the topic: no signals in them.
+        packed = raw and contract.loads_mark(raw) is None
+        signals = signals_of(contract.loads_groups(raw)) if packed and raw else {}
+        keys = [self.keys.signal_offset(self.topic, partition)]
+        args: list[str | int] = [offset + 1]
+        for journey_key, s in signals.items():
+            keys.append(self.keys.signals(journey_key))
+            args += [
+                "" if s.unsubscribed_at is None else s.unsubscribed_at,
+                "" if s.purchased_at is None else s.purchased_at,
+            ]
+        await self._record(keys=keys, args=args)
+
+
+EndOffsets = Callable[[str, int], Awaitable[int]]
+
+
+class SignalProgress:
+    """Whether the signal consumer has read a journey's partition up to its end."""
+
+    def __init__(
+        self,
+        client: aioredis.Redis,
+        keys: Keys,
+        topic: str,
+        partitions: int,
+        end_offset: EndOffsets,
+        poll_s: float = 0.05,
+    ) -> None:
+        self.client = client
+        self.keys = keys
+        self.topic = topic
+        self.partitions = partitions
+        self.end_offset = end_offset
+        self.poll_s = poll_s
+
+    async def read_offset(self, partition: int) -> int:
+        value = await self.client.get(self.keys.signal_offset(self.topic, partition))
+        return int(value) if value is not None else 0
+
+    async def wait_caught_up(self, journey_key: str, timeout_s: float) -> bool:
+        """True once the recorded offset reaches the end offset taken now (bounded wait)."""
+        partition = partition_for(journey_key, self.partitions)
+        end = await self.end_offset(self.topic, partition)
+        deadline = time.monotonic() + timeout_s
+        while await self.read_offset(partition) < end:
+            if time.monotonic() > deadline:
+                return False
+            await asyncio.sleep(self.poll_s)
+        return True
