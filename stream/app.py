@@ -7,6 +7,8 @@ tables and those functions.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 import socket
 import ssl
@@ -89,6 +91,7 @@ def faust_app(
     datadir.mkdir(parents=True, exist_ok=True)
     if not w.recovery_consistency_check:
         recover_to_fetched_end(b.bootstrap)
+    flush_waits_for_buffer()
     return faust.App(
         w.app_id,
         broker=",".join(f"kafka://{h}" for h in b.bootstrap.split(",")),
@@ -187,6 +190,63 @@ def recover_to_fetched_end(bootstrap: str) -> None:
 
     Recovery._build_highwaters = _build_highwaters  # type: ignore[method-assign]
     _recovery_patched.append(bootstrap)
+
+
+def flush_waits_for_buffer() -> None:
+    """Make Faust's producer flush wait until its buffer is empty (before every commit).
+
+    Faust flushes the producer before committing offsets, but its
+    ``ProducerBuffer.flush`` gives up as soon as 0.1 s pass without a message
+    leaving the buffer (``flush_atmost``: a busy event loop, or a send waiting
+    for room in aiokafka's accumulator), and the commit goes ahead. Table
+    writes (changelog records) are queued in that buffer, so a worker killed
+    then had committed input offsets whose state changes never reached the
+    changelog: a new owner recovered a journey without events it will never
+    read again. Patched, ``flush`` waits until every message queued before the
+    call has been handed to aiokafka, whose own flush (next in
+    ``Producer.flush``) then waits for delivery. The buffer crashing while
+    messages wait raises instead of letting the commit through.
+    """
+    from faust.transport.producer import ProducerBuffer
+
+    if getattr(ProducerBuffer, "_drains_on_flush", False):
+        return
+    original_flush = ProducerBuffer.flush
+    original_put = ProducerBuffer.put
+    original_send = ProducerBuffer._send_pending
+
+    def put(self: Any, fut: Any) -> None:
+        original_put(self, fut)
+        self._queued = getattr(self, "_queued", 0) + 1
+
+    async def _send_pending(self: Any, fut: Any) -> None:
+        await original_send(self, fut)
+        self._handed = getattr(self, "_handed", 0) + 1
+
+    async def flush(self: Any) -> None:
+        app = self.app
+        if app is None or app.conf.producer_threaded or self.should_stop:
+            # Threaded producers have their own queue; a stopping buffer sends no more.
+            await original_flush(self)
+            return
+        target = getattr(self, "_queued", 0)
+        started = time.monotonic()
+        warned = False
+        while (handed := getattr(self, "_handed", 0)) < target:
+            if self.crashed or self.should_stop:
+                unsent = target - handed
+                raise RuntimeError(f"producer buffer stopped with {unsent} messages unsent")
+            self.message_sent.clear()
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self.message_sent.wait(), timeout=0.5)
+            if not warned and time.monotonic() - started > 10.0:
+                warned = True
+                log.warning("producer flush waiting for %d buffered messages", target - handed)
+
+    ProducerBuffer.put = put  # type: ignore[method-assign]
+    ProducerBuffer._send_pending = _send_pending  # type: ignore[method-assign]
+    ProducerBuffer.flush = flush  # type: ignore[method-assign]
+    ProducerBuffer._drains_on_flush = True  # type: ignore[attr-defined]
 
 
 class Handoff:

@@ -94,13 +94,28 @@ def oracle_triggers(oracle: Any) -> list[bytes]:
 def wait_settled(
     worker: Worker, settings: Settings, expected: set[tuple], timeout: float
 ) -> set[tuple]:
-    """Wait until the transitions topic holds at least the expected number of transitions."""
-    return wait_for(
-        lambda: streamed_transitions(settings),
-        lambda got: len(got) >= len(expected),
-        timeout_s=timeout,
-        every_s=1.0,
-    )
+    """Wait until the transitions topic holds at least the expected number of transitions.
+
+    On timeout the assertion names what is missing and what is extra, not the whole set.
+    """
+    seen: set[tuple] = set()
+
+    def probe() -> set[tuple]:
+        seen.clear()
+        seen.update(streamed_transitions(settings))
+        return seen
+
+    try:
+        return set(
+            wait_for(probe, lambda got: len(got) >= len(expected), timeout_s=timeout, every_s=1.0)
+        )
+    except AssertionError:
+        missing = sorted(expected - seen, key=repr)
+        extra = sorted(seen - expected, key=repr)
+        raise AssertionError(
+            f"{len(seen)} of {len(expected)} transitions after {timeout}s; "
+            f"missing {len(missing)}: {missing[:10]}; extra {len(extra)}: {extra[:10]}"
+        ) from None
 
 
 def comparable(state: dict) -> dict:
