@@ -200,9 +200,9 @@ def flush_waits_for_buffer() -> None:
     leaving the buffer (``flush_atmost``: a busy event loop, or a send waiting
     for room in aiokafka's accumulator), and the commit goes ahead. Table
     writes (changelog records) are queued in that buffer, so a worker killed
-    then had committed input offsets whose state changes never reached the
-    changelog: a new owner recovered a journey without events it will never
-    read again. Patched, ``flush`` waits until every message queued before the
+    then could have committed input offsets whose state changes never reached
+    the changelog: a new owner would recover a journey without events it will
+    never read again. Patched, ``flush`` waits until every message queued before the
     call has been handed to aiokafka, whose own flush (next in
     ``Producer.flush``) then waits for delivery. The buffer crashing while
     messages wait raises instead of letting the commit through.
