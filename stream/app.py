@@ -217,11 +217,11 @@ def flush_waits_for_buffer() -> None:
 
     def put(self: Any, fut: Any) -> None:
         original_put(self, fut)
-        self._queued = getattr(self, "_queued", 0) + 1
+        self._queued += 1
 
     async def _send_pending(self: Any, fut: Any) -> None:
         await original_send(self, fut)
-        self._handed = getattr(self, "_handed", 0) + 1
+        self._handed += 1
 
     async def flush(self: Any) -> None:
         app = self.app
@@ -229,10 +229,10 @@ def flush_waits_for_buffer() -> None:
             # Threaded producers have their own queue; a stopping buffer sends no more.
             await original_flush(self)
             return
-        target = getattr(self, "_queued", 0)
+        target = self._queued
         started = time.monotonic()
         warned = False
-        while (handed := getattr(self, "_handed", 0)) < target:
+        while (handed := self._handed) < target:
             if self.crashed or self.should_stop:
                 unsent = target - handed
                 raise RuntimeError(f"producer buffer stopped with {unsent} messages unsent")
@@ -243,6 +243,9 @@ def flush_waits_for_buffer() -> None:
                 warned = True
                 log.warning("producer flush waiting for %d buffered messages", target - handed)
 
+    # Messages put into and handed on by each buffer (class defaults, per instance once counted).
+    ProducerBuffer._queued = 0  # type: ignore[attr-defined]
+    ProducerBuffer._handed = 0  # type: ignore[attr-defined]
     ProducerBuffer.put = put  # type: ignore[method-assign]
     ProducerBuffer._send_pending = _send_pending  # type: ignore[method-assign]
     ProducerBuffer.flush = flush  # type: ignore[method-assign]
