@@ -78,51 +78,69 @@ def run_naive(topic: str, events: int, bootstrap: str, timeout: float) -> dict[s
     raise RuntimeError(f"naive baseline failed:\n{proc.stdout[-2000:]}\n{proc.stderr[-2000:]}")
 
 
-def run_pipeline(settings: Settings, events: int, workdir: Path, timeout: float) -> dict[str, Any]:
-    port = free_port()
-    settings = replace(
-        settings,
-        worker=replace(settings.worker, web_port=port, data_dir=str(workdir / "worker")),
-    )
-    env = {**os.environ, **to_environ(settings)}
-    log = (workdir / "worker.log").open("wb")
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "stream.cli", "worker", "--loglevel", "warning"],
-        cwd=ROOT,
-        env=env,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
-    url = f"http://127.0.0.1:{port}/metrics"
+def run_pipeline(
+    settings: Settings, events: int, workdir: Path, timeout: float, workers: int = 1
+) -> dict[str, Any]:
+    """Run ``workers`` journey worker processes (one consumer group) over the backlog.
+
+    Throughput is the events applied by all of them over the span from the
+    first event any of them applied to the last.
+    """
+    procs: list[tuple[subprocess.Popen, str, Any]] = []
+    for i in range(workers):
+        port = free_port()
+        worker_settings = replace(
+            settings,
+            worker=replace(settings.worker, web_port=port, data_dir=str(workdir / f"worker{i}")),
+        )
+        env = {**os.environ, **to_environ(worker_settings)}
+        log = (workdir / f"worker{i}.log").open("wb")
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "stream.cli", "worker", "--loglevel", "warning"],
+            cwd=ROOT,
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+        procs.append((proc, f"http://127.0.0.1:{port}/metrics", log))
     deadline = time.monotonic() + timeout
     try:
         while True:
-            m = metrics(url)
-            if m.get("journey_events_applied_total", 0) >= events:
+            ms = [metrics(url) for _, url, _ in procs]
+            applied = sum(m.get("journey_events_applied_total", 0) for m in ms)
+            if applied >= events:
                 break
-            if proc.poll() is not None:
-                raise RuntimeError(f"worker exited; see {workdir / 'worker.log'}")
+            for i, (proc, _, _) in enumerate(procs):
+                if proc.poll() is not None:
+                    raise RuntimeError(f"worker exited; see {workdir / f'worker{i}.log'}")
             if time.monotonic() > deadline:
-                raise TimeoutError(f"pipeline did not apply {events} events in {timeout}s: {m}")
+                raise TimeoutError(f"pipeline did not apply {events} events in {timeout}s: {ms}")
             time.sleep(0.5)
-        seconds = (
-            m["journey_last_event_applied_timestamp_seconds"]
-            - m["journey_first_event_applied_timestamp_seconds"]
+        active = [m for m in ms if m.get("journey_events_applied_total", 0) > 0]
+        seconds = max(m["journey_last_event_applied_timestamp_seconds"] for m in active) - min(
+            m["journey_first_event_applied_timestamp_seconds"] for m in active
         )
         return {
             "events": events,
             "seconds": seconds,
             "eps": events / seconds,
-            "transitions_at_end": m.get("journey_stage_transitions_total", 0),
-            "identity_links_unanswered": m.get("journey_identity_links_unanswered_total", 0),
+            "workers": workers,
+            "applied_per_worker": [round(m.get("journey_events_applied_total", 0)) for m in ms],
+            "state_writes": sum(m.get("journey_state_writes_total", 0) for m in ms),
+            "transitions_at_end": sum(m.get("journey_stage_transitions_total", 0) for m in ms),
+            "identity_links_unanswered": sum(
+                m.get("journey_identity_links_unanswered_total", 0) for m in ms
+            ),
         }
     finally:
-        proc.terminate()
-        try:
-            proc.wait(30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-        log.close()
+        for proc, _, _ in procs:
+            proc.terminate()
+        for proc, _, log in procs:
+            try:
+                proc.wait(30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+            log.close()
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -144,6 +162,12 @@ def main(argv: list[str] | None = None) -> int:
         default=100,
         help="events per producer batch, packed per destination partition "
         "(Segment SDKs flush 100); 0: one message per session and routing key",
+    )
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        help="journey worker processes for (c), one consumer group (one per core in production)",
     )
     parser.add_argument("--timeout", type=float, default=900.0)
     parser.add_argument("--out", type=Path, default=RESULTS)
@@ -210,7 +234,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"(a) raw aiokafka + orjson       {raw_r['eps']:>10,.0f} events/s", flush=True)
         naive_r = run_naive(settings.topics.touchpoints, n, settings.broker.bootstrap, args.timeout)
         print(f"(b) naive Faust, 1 write/event  {naive_r['eps']:>10,.0f} events/s", flush=True)
-        pipe_r = run_pipeline(settings, n, workdir, args.timeout)
+        pipe_r = run_pipeline(settings, n, workdir, args.timeout, args.workers)
         print(f"(c) journey pipeline (RocksDB)  {pipe_r['eps']:>10,.0f} events/s", flush=True)
         print(
             f"identity links unanswered in time: {pipe_r['identity_links_unanswered']:.0f}",
@@ -250,6 +274,9 @@ def main(argv: list[str] | None = None) -> int:
             # Journeys that stopped waiting for an identity link's answer (30 s of
             # wall time) and settled without it: 0 unless the worker falls behind.
             "identity_links_unanswered": round(pipe_r["identity_links_unanswered"]),
+            "pipeline_workers": pipe_r["workers"],
+            "pipeline_applied_per_worker": pipe_r["applied_per_worker"],
+            "pipeline_state_writes_per_event": round(pipe_r["state_writes"] / n, 3),
             "machine": (
                 f"{platform.machine()} {os.cpu_count()} cores, Python {platform.python_version()}"
             ),

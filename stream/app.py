@@ -13,6 +13,7 @@ import logging
 import socket
 import ssl
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -286,6 +287,26 @@ class Handoff:
     def clear(self) -> None:
         self._entries.clear()
         self._bytes = 0
+
+
+def key_partitions(app: Any, topic: str, limit: int = 1_000_000) -> Callable[[str], int]:
+    """The partition of ``topic`` a key hashes to (the producer's partitioner), cached.
+
+    aiokafka's murmur2 is pure Python (~5 us a key); a cache smaller than the
+    ids in play is cleared over and over (about 100 MB when full). Sending
+    with the partition from here skips the producer's own partitioner.
+    """
+    cache: dict[str, int] = {}
+
+    def partition(key: str) -> int:
+        p = cache.get(key)
+        if p is None:
+            if len(cache) >= limit:
+                cache.clear()
+            p = cache[key] = int(app.producer.key_partition(topic, key.encode()).partition)
+        return p
+
+    return partition
 
 
 def read_raw(table: Any, key: bytes) -> bytes | None:

@@ -18,7 +18,6 @@ import logging
 import time
 import weakref
 from collections import defaultdict
-from collections.abc import Callable
 from typing import Any
 
 import faust
@@ -26,7 +25,7 @@ from faust.streams import _current_event
 from faust.types import TP
 
 from stream import contract
-from stream.app import Handoff, read_raw
+from stream.app import Handoff, key_partitions, read_raw
 from stream.contract import Rejected, Touchpoint
 from stream.ingest.dedupe import RecentIds
 from stream.ingest.identity import resolve
@@ -92,24 +91,10 @@ def register_ingest(app: faust.App, settings: Settings, topics: Any, shell: Any)
     touchpoints_name = settings.topics.touchpoints
     batch_size = settings.worker.forward_batch
 
-    def partition_lookup(topic: str) -> Callable[[str], int]:
-        """The partition of ``topic`` a key hashes to, cached (at most 100,000 keys)."""
-        cache: dict[str, int] = {}
-
-        def partition(key: str) -> int:
-            p = cache.get(key)
-            if p is None:
-                if len(cache) >= 100_000:
-                    cache.clear()
-                p = cache[key] = int(app.producer.key_partition(topic, key.encode()).partition)
-            return p
-
-        return partition
-
     #: The ``touchpoints`` partition a raw id hashes to.
-    home_partition = partition_lookup(touchpoints_name)
+    home_partition = key_partitions(app, touchpoints_name)
     #: The ``touchpoints.resolved`` partition a journey key hashes to.
-    partition_of = partition_lookup(resolved_name)
+    partition_of = key_partitions(app, resolved_name)
 
     links_name = settings.topics.links
 

@@ -81,6 +81,10 @@ TRANSITIONS = Counter(
 EVENTS_APPLIED = Counter(
     "journey_events_applied_total", "Touchpoints taken into journey state by the journey agent."
 )
+STATE_WRITES = Counter(
+    "journey_state_writes_total",
+    "Journey states written to the table (RocksDB + changelog): at most one per journey per batch.",
+)
 FIRST_APPLIED = Gauge(
     "journey_first_event_applied_timestamp_seconds",
     "Wall-clock time the journey agent took in its first touchpoint (process start = 0).",
