@@ -133,6 +133,12 @@ class WorkerSettings:
     forward_batch: int = 2000
     #: Decoded journey states kept in memory per worker (owned partitions only).
     state_cache: int = 20_000
+    #: Longest the worker's consumer waits for a fetch to fill. Faust fixes it at
+    #: 1,500 ms; a broker that does not answer a waiting fetch when records arrive
+    #: (the embedded Tansu broker) then delivers what ingest forwarded to the
+    #: journey agent up to that late. Kafka answers at once either way; a shorter
+    #: wait only means more (cheap) empty fetches on an idle topic.
+    fetch_max_wait_ms: int = 100
     #: Faust's check that a table's persisted offset is not past the changelog's end.
     #: Keep it on with Kafka; the embedded Tansu broker under-reports end offsets
     #: after batched writes, so the embedded stack turns it off.

@@ -17,7 +17,7 @@ import asyncio
 import logging
 import time
 import weakref
-from collections import defaultdict
+from collections import defaultdict, deque
 from typing import Any
 
 import faust
@@ -25,7 +25,7 @@ from faust.streams import _current_event
 from faust.types import TP
 
 from stream import contract
-from stream.app import Handoff, key_partitions, read_raw
+from stream.app import Handoff, key_partitions, read_raw, send_direct
 from stream.contract import Rejected, Touchpoint
 from stream.ingest.dedupe import RecentIds
 from stream.ingest.identity import resolve
@@ -167,11 +167,11 @@ def register_ingest(app: faust.App, settings: Settings, topics: Any, shell: Any)
             for partition, links in links_out.items():
                 for i in range(0, len(links), MAX_PACKED_LINKS):
                     chunk = links[i : i + MAX_PACKED_LINKS]
-                    await topics.links.send(
+                    await send_direct(
+                        app,
+                        topics.links,
+                        contract.dumps(chunk[0]) if len(chunk) == 1 else contract.dumps_many(chunk),
                         key=chunk[0].routing_key.encode(),
-                        value=contract.dumps(chunk[0])
-                        if len(chunk) == 1
-                        else contract.dumps_many(chunk),
                         partition=partition,
                     )
             for (channel, type_), n in ingested.items():
@@ -181,7 +181,7 @@ def register_ingest(app: faust.App, settings: Settings, topics: Any, shell: Any)
                 by_partition[partition_of(key)].append((key, tps))
             for partition, groups in by_partition.items():
                 for value, held in contract.pack_groups_with(groups, MAX_FORWARD_BYTES):
-                    fut = await topics.resolved.send(value=value, partition=partition)
+                    fut = await send_direct(app, topics.resolved, value, partition=partition)
                     fut.add_done_callback(remember(handoff, partition, value, held))
             await keep_pace()
 
@@ -189,15 +189,15 @@ def register_ingest(app: faust.App, settings: Settings, topics: Any, shell: Any)
             for source, t in newest.items():
                 shell.observe_source(source, t, now_ms)
 
-    #: ``touchpoints.resolved`` partition -> offset of the last message ingest sent.
-    sent_upto: dict[int, int] = {}
+    #: ``touchpoints.resolved`` partition -> offsets of the packed messages ingest
+    #: sent there that the journey agent had not processed when last looked at.
+    unprocessed: dict[int, deque[int]] = defaultdict(deque)
 
     def remember(handoff: Handoff | None, partition: int, value: bytes, held: Any) -> Any:
         def sent(fut: Any) -> None:
             if not fut.cancelled() and fut.exception() is None:
                 offset = fut.result().offset
-                if offset > sent_upto.get(partition, -1):
-                    sent_upto[partition] = offset
+                unprocessed[partition].append(offset)
                 if handoff is not None:
                     handoff.put(partition, offset, value, held)
 
@@ -211,18 +211,26 @@ def register_ingest(app: faust.App, settings: Settings, topics: Any, shell: Any)
         those answers at most ``LINK_ACK_TIMEOUT_MS`` of wall time. Were ingest
         free to run ahead through a backlog, the answers would queue behind
         everything it forwarded and arrive too late. So ingest stays at most
-        ``MAX_AHEAD_MESSAGES`` packed messages ahead on each resolved partition
-        this worker owns (bounded to ``MAX_AHEAD_WAIT_S`` per batch, and not
-        while rebalancing; partitions other workers own are not waited for).
+        ``MAX_AHEAD_MESSAGES`` of its own packed messages ahead on each resolved
+        partition this worker owns (bounded to ``MAX_AHEAD_WAIT_S`` per batch,
+        and not while rebalancing; partitions other workers own are not waited
+        for). Its own messages, not offsets: the offsets in between (identity
+        answers, source marks, other workers' messages) are small, and counting
+        them kept the journey agent waiting for input it had already been sent.
         """
         deadline = time.monotonic() + MAX_AHEAD_WAIT_S
         while not (app.rebalancing or app.in_recovery):
             owned = app.consumer.assignment()
             behind = False
-            for partition, sent in sent_upto.items():
+            for partition, offsets in unprocessed.items():
                 tp = TP(resolved_name, partition)
                 done = processed.get(tp)
-                if done is not None and tp in owned and sent - done > MAX_AHEAD_MESSAGES:
+                if done is None or tp not in owned:
+                    offsets.clear()
+                    continue
+                while offsets and offsets[0] <= done:
+                    offsets.popleft()
+                if len(offsets) > MAX_AHEAD_MESSAGES:
                     behind = True
                     break
             if not behind or time.monotonic() > deadline:

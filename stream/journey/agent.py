@@ -33,7 +33,7 @@ from faust.streams import _current_event
 from faust.types import TP
 
 from stream import contract
-from stream.app import Handoff, key_partitions, read_raw
+from stream.app import Handoff, key_partitions, read_raw, send_direct
 from stream.contract import Touchpoint
 from stream.ingest.identity import MERGE
 from stream.journey import rules
@@ -61,7 +61,7 @@ LINK_ACK_TIMEOUT_MS = 30_000
 MARK_INTERVAL_S = 0.25
 #: Messages the journey agent takes per batch, and how long it waits to fill one.
 BATCH_MESSAGES = 256
-BATCH_WINDOW_S = 0.2
+BATCH_WINDOW_S = 0.02
 
 
 def now_ms() -> int:
@@ -329,7 +329,7 @@ class JourneyShell:
             self._marks_sent[tp.partition] = (mark, wall)
             body = contract.dumps_mark(tp.partition, mark)
             for p in range(self.settings.topics.partitions):
-                await self.topics.resolved.send(value=body, partition=p)
+                await send_direct(self.app, self.topics.resolved, body, partition=p)
 
     def watermark(self, partition: int) -> int:
         return self.clocks[partition].watermark()
@@ -523,9 +523,11 @@ class JourneyShell:
     async def forward(self, key: str, tps: list[Touchpoint]) -> None:
         """Send touchpoints to another journey (partitioned by its key)."""
         if tps:
-            await self.topics.resolved.send(
+            await send_direct(
+                self.app,
+                self.topics.resolved,
+                contract.dumps_groups([(key, tps)]),
                 key=key.encode(),
-                value=contract.dumps_groups([(key, tps)]),
                 partition=self.resolved_partition(key),
             )
 
@@ -546,8 +548,11 @@ class JourneyShell:
                 counts[tr.from_stage or "none", tr.to_stage] += 1
             for (from_stage, to_stage), n in counts.items():
                 m.TRANSITIONS.labels(from_stage=from_stage, to_stage=to_stage).inc(n)
-            await self.topics.transitions.send(
-                value=[tr.to_dict() for tr in transitions], partition=partition
+            await send_direct(
+                self.app,
+                self.topics.transitions,
+                orjson.dumps([tr.to_dict() for tr in transitions]),
+                partition=partition,
             )
         if triggers:
             t = now_ms()
@@ -565,9 +570,11 @@ class JourneyShell:
                 m.TRIGGERS.labels(rule=trigger.rule).inc()
                 m.EVENT_TO_TRIGGER.observe(max(0, t - trigger.event_at) / 1000)
                 stamped = replace(trigger, fired_at=t, extra=extra)
-                await self.topics.triggers.send(
+                await send_direct(
+                    self.app,
+                    self.topics.triggers,
+                    stamped.dumps(),
                     key=trigger.journey_key.encode(),
-                    value=stamped.dumps(),
                     partition=self.triggers_partition(trigger.journey_key),
                 )
         for recovery in recoveries:
@@ -599,7 +606,12 @@ class JourneyShell:
                 continue  # its own batches settle what is due (see on_touchpoints)
             keys = self.due[p].pop_due(wm)
             if keys:
-                await self.topics.timers.send(value={"watermark": wm, "keys": keys}, partition=p)
+                await send_direct(
+                    self.app,
+                    self.topics.timers,
+                    orjson.dumps({"watermark": wm, "keys": keys}),
+                    partition=p,
+                )
 
     def publish_stage_gauge(self, actives: list[int]) -> None:
         """Report customers per stage for owned partitions only (sums across workers)."""
