@@ -1,7 +1,7 @@
 """``journey bench``: throughput of the journey pipeline beside its baselines, in one run.
 
 On the embedded broker (or ``--broker-url``), a topic is pre-filled with
-simulated journeys, then three consumers read the same topic one after the other. The
+simulated journeys, then the consumers below read the same topic one after the other. The
 time-ordered log goes out in producer batches of ``--sdk-batch`` consecutive
 events (many customers each, as a server-side SDK flushes them), each packed
 into one message per destination partition as the collector and the POS
@@ -11,9 +11,12 @@ key, which in a log of many shoppers is mostly one event per message).
 (a) raw: aiokafka + orjson + a dict update per event, the limit;
 (b) naive: a Faust agent doing one table write per event (memory store);
 (c) pipeline: ``journey worker`` with the full ingest + journey logic on RocksDB,
-    abandonment deadlines and triggers included; the delay between a journey
-    partition's watermark passing each deadline and the trigger's emission is
-    read back from ``journey.triggers`` (p50/p99).
+    abandonment deadlines and triggers included, as ``--workers`` processes of
+    one consumer group (default: one per core, as it is deployed); the delay
+    between a journey partition's watermark passing each deadline and the
+    trigger's emission is read back from ``journey.triggers`` (p50/p99). With
+    more than one worker, the same pipeline then runs again as a single worker
+    (its own group and internal topics), so both figures come from one run.
 
 Each figure is events/s between the first and the last event its consumer
 handled, measured inside that consumer. Results go to stdout and to
@@ -86,6 +89,7 @@ def run_pipeline(
     Throughput is the events applied by all of them over the span from the
     first event any of them applied to the last.
     """
+    workdir.mkdir(parents=True, exist_ok=True)
     procs: list[tuple[subprocess.Popen, str, Any]] = []
     for i in range(workers):
         port = free_port()
@@ -143,6 +147,31 @@ def run_pipeline(
             log.close()
 
 
+def pipeline_settings(base: Settings, run_id: str, partitions: int, prefix: str) -> Settings:
+    """Settings for one pipeline run: its own consumer group and internal topics.
+
+    Every run reads the same ``bench-<run>-touchpoints``; ``prefix`` names the
+    rest (resolved, transitions, triggers, changelogs through the app id).
+    """
+    names: dict[str, Any] = {
+        f: f"bench-{run_id}-{prefix}{getattr(base.topics, f)}"
+        for f in (
+            "resolved",
+            "dlq",
+            "transitions",
+            "triggers",
+            "timers",
+            "dispatch",
+            "dispatch_dlq",
+            "links",
+        )
+    }
+    names["touchpoints"] = f"bench-{run_id}-{base.topics.touchpoints}"
+    topics = replace(base.topics, partitions=partitions, **names)
+    app_id = f"bench-{run_id}-{prefix.rstrip('-')}" if prefix else f"bench-{run_id}"
+    return replace(base, topics=topics, worker=replace(base.worker, app_id=app_id))
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="journey bench",
@@ -166,8 +195,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--workers",
         type=int,
-        default=1,
-        help="journey worker processes for (c), one consumer group (one per core in production)",
+        default=min(os.cpu_count() or 1, 4),
+        help="journey worker processes for (c), one consumer group, one per core as in "
+        "production (default: the cores, at most 4); with more than one, the same "
+        "pipeline also runs as one worker, after it",
     )
     parser.add_argument("--timeout", type=float, default=900.0)
     parser.add_argument("--out", type=Path, default=RESULTS)
@@ -186,25 +217,12 @@ def main(argv: list[str] | None = None) -> int:
         base = load_settings(environ={}).with_broker(url)
         if broker is not None:  # Tansu: see WorkerSettings.recovery_consistency_check
             base = replace(base, worker=replace(base.worker, recovery_consistency_check=False))
-        names: dict[str, Any] = {
-            f: f"bench-{run_id}-{getattr(base.topics, f)}"
-            for f in (
-                "touchpoints",
-                "resolved",
-                "dlq",
-                "transitions",
-                "triggers",
-                "timers",
-                "dispatch",
-                "dispatch_dlq",
-                "links",
-            )
-        }
-        topics = replace(base.topics, partitions=args.partitions, **names)
-        settings = replace(
-            base, topics=topics, worker=replace(base.worker, app_id=f"bench-{run_id}")
-        )
+        settings = pipeline_settings(base, run_id, args.partitions, "")
+        # The single-worker run reads the same touchpoints with its own group and
+        # its own internal topics (a group reading the other's would re-apply them).
+        single = pipeline_settings(base, run_id, args.partitions, "w1-")
         create_topics(settings.broker.bootstrap, all_topic_partitions(settings))
+        create_topics(single.broker.bootstrap, all_topic_partitions(single))
         start = int(time.time() * 1000) - 3 * DAY_MS
         t = time.perf_counter()
         events = simulator.generate(
@@ -234,8 +252,19 @@ def main(argv: list[str] | None = None) -> int:
         print(f"(a) raw aiokafka + orjson       {raw_r['eps']:>10,.0f} events/s", flush=True)
         naive_r = run_naive(settings.topics.touchpoints, n, settings.broker.bootstrap, args.timeout)
         print(f"(b) naive Faust, 1 write/event  {naive_r['eps']:>10,.0f} events/s", flush=True)
-        pipe_r = run_pipeline(settings, n, workdir, args.timeout, args.workers)
-        print(f"(c) journey pipeline (RocksDB)  {pipe_r['eps']:>10,.0f} events/s", flush=True)
+        pipe_r = run_pipeline(settings, n, workdir / "pipeline", args.timeout, args.workers)
+        print(
+            f"(c) journey pipeline (RocksDB)  {pipe_r['eps']:>10,.0f} events/s "
+            f"({args.workers} worker{'s' if args.workers > 1 else ''})",
+            flush=True,
+        )
+        one_r = None
+        if args.workers > 1:
+            one_r = run_pipeline(single, n, workdir / "pipeline-1", args.timeout, 1)
+            print(
+                f"    the same, one worker        {one_r['eps']:>10,.0f} events/s",
+                flush=True,
+            )
         print(
             f"identity links unanswered in time: {pipe_r['identity_links_unanswered']:.0f}",
             flush=True,
@@ -277,13 +306,17 @@ def main(argv: list[str] | None = None) -> int:
             "pipeline_workers": pipe_r["workers"],
             "pipeline_applied_per_worker": pipe_r["applied_per_worker"],
             "pipeline_state_writes_per_event": round(pipe_r["state_writes"] / n, 3),
+            # The same pipeline as one worker process, after (c), in the same run.
+            "pipeline_1worker_eps": round((one_r or pipe_r)["eps"]),
+            "pipeline_1worker_vs_naive": round((one_r or pipe_r)["eps"] / naive_r["eps"], 2),
             "machine": (
                 f"{platform.machine()} {os.cpu_count()} cores, Python {platform.python_version()}"
             ),
             "measured_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         }
         print(
-            f"pipeline / naive = {result['pipeline_vs_naive']}x, "
+            f"pipeline / naive = {result['pipeline_vs_naive']}x "
+            f"(one worker: {result['pipeline_1worker_vs_naive']}x), "
             f"pipeline / raw = {result['pipeline_vs_raw']}",
             flush=True,
         )
