@@ -139,6 +139,9 @@ class JourneyShell:
         self.stage_counts: dict[int, dict[str, int]] = defaultdict(lambda: defaultdict(int))
         self._gauge_partitions: set[int] = set()
         self._first_applied = False
+        #: Touchpoints taken into a journey (not the engine's own merge messages,
+        #: nor events only passed on to the journey they merged into).
+        self.applied = 0
         #: Decoded states of owned partitions, least recently saved first.
         self.cache: dict[str, JourneyState] = {}
         self.cache_size = settings.worker.state_cache
@@ -349,7 +352,7 @@ class JourneyShell:
         self._last_batch[partition] = time.monotonic()
         clock = self.clocks[partition]
         t = now_ms()
-        count = 0
+        applied_before = self.applied
         by_key: dict[str, list[list[Touchpoint]]] = {}
         for event in events:
             msg = event.message
@@ -363,7 +366,6 @@ class JourneyShell:
             if groups is None:
                 groups = contract.loads_groups(value)
             for key, tps in groups:
-                count += len(tps)
                 segments = by_key.get(key)
                 if segments is None:
                     by_key[key] = [tps]
@@ -387,6 +389,7 @@ class JourneyShell:
         for key in self.due[partition].pop_due(wm):
             effects.extend(self.check(partition, key, wm))
         await self.emit(partition, effects)
+        count = self.applied - applied_before
         if not count:
             return
         m.EVENTS_APPLIED.inc(count)
@@ -434,6 +437,7 @@ class JourneyShell:
                 continue
             if tp.timestamp < state.settled_until:
                 m.LATE_EVENTS.inc()
+            self.applied += 1
             state, out = rules.apply(state, tp, self.model)
             transitions.extend(out)
             if tp.customer_id is not None:
@@ -677,7 +681,7 @@ def register_journey(app: faust.App, settings: Settings, topics: Any) -> Journey
 
     @app.agent(source, name="journey")
     async def journey(stream: faust.StreamT) -> None:
-        # Acks come after the batch body, so after flush() handed the writes to Faust.
+        # Acks come after the batch body, so after flush() handed the writes to the producer.
         batches = stream.take_events(BATCH_MESSAGES, within=BATCH_WINDOW_S)  # type: ignore[attr-defined]
         async for events in batches:
             await shell.on_batch(events)
