@@ -26,7 +26,6 @@ handled, measured inside that consumer. Results go to stdout and to
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import logging
 import os
@@ -82,80 +81,13 @@ def run_naive(topic: str, events: int, bootstrap: str, timeout: float) -> dict[s
     raise RuntimeError(f"naive baseline failed:\n{proc.stdout[-2000:]}\n{proc.stderr[-2000:]}")
 
 
-def wait_for_group(ready_urls: list[str], topic: str, partitions: int, deadline: float) -> None:
-    """Wait until every worker is ready and they split ``topic``'s partitions between them."""
-    while True:
-        owned: list[set[str]] = []
-        for url in ready_urls:
-            try:
-                with urllib.request.urlopen(url, timeout=5) as resp:
-                    body = json.loads(resp.read())
-            except OSError:  # not serving yet, or 503 while rebalancing or recovering
-                break
-            owned.append({p for p in body["active_partitions"] if p.rsplit(":", 1)[0] == topic})
-        else:
-            if all(owned) and len(set().union(*owned)) == partitions:
-                return
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"workers did not settle on {topic}'s partitions")
-        time.sleep(0.5)
-
-
-async def copy_topic(bootstrap: str, source: str, target: str) -> int:
-    """Copy every record of ``source`` to the same partition of ``target`` (bytes as they are)."""
-    from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
-
-    consumer = AIOKafkaConsumer(
-        bootstrap_servers=bootstrap, enable_auto_commit=False, max_partition_fetch_bytes=8 << 20
-    )
-    producer = AIOKafkaProducer(
-        bootstrap_servers=bootstrap, acks="all", linger_ms=20, max_batch_size=1 << 20
-    )
-    await consumer.start()
-    await producer.start()
-    try:
-        tps = [
-            TopicPartition(source, p) for p in sorted(consumer.partitions_for_topic(source) or ())
-        ]
-        consumer.assign(tps)
-        await consumer.seek_to_beginning(*tps)
-        ends = await consumer.end_offsets(tps)
-        left = {tp: end for tp, end in ends.items() if end > 0}
-        n = 0
-        while left:
-            batch = await consumer.getmany(timeout_ms=1000, max_records=5_000)
-            sent = []
-            for tp, records in batch.items():
-                for rec in records:
-                    sent.append(
-                        await producer.send(target, rec.value, key=rec.key, partition=tp.partition)
-                    )
-                if records and records[-1].offset + 1 >= left.get(tp, 0):
-                    left.pop(tp, None)
-            await asyncio.gather(*sent)
-            n += len(sent)
-        return n
-    finally:
-        await producer.stop()
-        await consumer.stop()
-
-
 def run_pipeline(
-    settings: Settings,
-    source: str,
-    events: int,
-    workdir: Path,
-    timeout: float,
-    workers: int = 1,
+    settings: Settings, events: int, workdir: Path, timeout: float, workers: int = 1
 ) -> dict[str, Any]:
     """Run ``workers`` journey worker processes (one consumer group) over the backlog.
 
-    The workers start on an empty touchpoints topic of their own; once they
-    have split its partitions between them (no rebalance left to come), the
-    pre-filled ``source`` is copied in as it is, as fast as the broker takes
-    it. Throughput is the events applied by all of them over the span from the
-    first event any of them applied to the last: a running deployment taking
-    in a backlog, not the start-up of its workers.
+    Throughput is the events applied by all of them over the span from the
+    first event any of them applied to the last.
     """
     workdir.mkdir(parents=True, exist_ok=True)
     procs: list[tuple[subprocess.Popen, str, Any]] = []
@@ -177,17 +109,6 @@ def run_pipeline(
         procs.append((proc, f"http://127.0.0.1:{port}/metrics", log))
     deadline = time.monotonic() + timeout
     try:
-        wait_for_group(
-            [url.replace("/metrics", "/ready") for _, url, _ in procs],
-            settings.topics.resolved,
-            settings.topics.partitions,
-            deadline,
-        )
-        copied = asyncio.run(
-            copy_topic(settings.broker.bootstrap, source, settings.topics.touchpoints)
-        )
-        if copied < 1:
-            raise RuntimeError(f"nothing to copy from {source}")
         while True:
             ms = [metrics(url) for _, url, _ in procs]
             applied = sum(m.get("journey_events_applied_total", 0) for m in ms)
@@ -245,7 +166,7 @@ def pipeline_settings(base: Settings, run_id: str, partitions: int, prefix: str)
             "links",
         )
     }
-    names["touchpoints"] = f"bench-{run_id}-{prefix}{base.topics.touchpoints}"
+    names["touchpoints"] = f"bench-{run_id}-{base.topics.touchpoints}"
     topics = replace(base.topics, partitions=partitions, **names)
     app_id = f"bench-{run_id}-{prefix.rstrip('-')}" if prefix else f"bench-{run_id}"
     return replace(base, topics=topics, worker=replace(base.worker, app_id=app_id))
@@ -297,13 +218,11 @@ def main(argv: list[str] | None = None) -> int:
         if broker is not None:  # Tansu: see WorkerSettings.recovery_consistency_check
             base = replace(base, worker=replace(base.worker, recovery_consistency_check=False))
         settings = pipeline_settings(base, run_id, args.partitions, "")
-        # Each pipeline run has its own group and topics (a copy of the
-        # pre-filled touchpoints; a group reading another's internal topics
-        # would re-apply them).
-        multi = pipeline_settings(base, run_id, args.partitions, "pipe-")
+        # The single-worker run reads the same touchpoints with its own group and
+        # its own internal topics (a group reading the other's would re-apply them).
         single = pipeline_settings(base, run_id, args.partitions, "w1-")
-        for s in (settings, multi, single):
-            create_topics(s.broker.bootstrap, all_topic_partitions(s))
+        create_topics(settings.broker.bootstrap, all_topic_partitions(settings))
+        create_topics(single.broker.bootstrap, all_topic_partitions(single))
         start = int(time.time() * 1000) - 3 * DAY_MS
         t = time.perf_counter()
         events = simulator.generate(
@@ -333,8 +252,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"(a) raw aiokafka + orjson       {raw_r['eps']:>10,.0f} events/s", flush=True)
         naive_r = run_naive(settings.topics.touchpoints, n, settings.broker.bootstrap, args.timeout)
         print(f"(b) naive Faust, 1 write/event  {naive_r['eps']:>10,.0f} events/s", flush=True)
-        source = settings.topics.touchpoints
-        pipe_r = run_pipeline(multi, source, n, workdir / "pipeline", args.timeout, args.workers)
+        pipe_r = run_pipeline(settings, n, workdir / "pipeline", args.timeout, args.workers)
         print(
             f"(c) journey pipeline (RocksDB)  {pipe_r['eps']:>10,.0f} events/s "
             f"({args.workers} worker{'s' if args.workers > 1 else ''})",
@@ -342,7 +260,7 @@ def main(argv: list[str] | None = None) -> int:
         )
         one_r = None
         if args.workers > 1:
-            one_r = run_pipeline(single, source, n, workdir / "pipeline-1", args.timeout, 1)
+            one_r = run_pipeline(single, n, workdir / "pipeline-1", args.timeout, 1)
             print(
                 f"    the same, one worker        {one_r['eps']:>10,.0f} events/s",
                 flush=True,
@@ -351,7 +269,9 @@ def main(argv: list[str] | None = None) -> int:
             f"identity links unanswered in time: {pipe_r['identity_links_unanswered']:.0f}",
             flush=True,
         )
-        fire = latency.summary(latency.read_triggers(multi.broker.bootstrap, multi.topics.triggers))
+        fire = latency.summary(
+            latency.read_triggers(settings.broker.bootstrap, settings.topics.triggers)
+        )
         if fire.get("abandonments_measured"):
             print(
                 f"deadline fire delay (watermark passed -> trigger emitted, under backlog): "
