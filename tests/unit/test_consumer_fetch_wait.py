@@ -1,8 +1,8 @@
 """The worker's consumer waits at most ``worker.fetch_max_wait_ms`` for a fetch to fill.
 
 Faust builds the aiokafka consumer with ``fetch_max_wait_ms=1500`` whatever the
-configuration; the embedded Tansu broker holds a fetch that long even when
-records arrive meanwhile (see ``stream.app.consumer_fetch_max_wait``). These
+configuration; the embedded Tansu broker answers a waiting fetch when its wait
+runs out, not when records arrive (see ``stream.app.consumer_fetch_max_wait``). These
 tests build the consumer through Faust's real driver, without starting it (no
 broker is involved), and read the wait its fetcher will be built with.
 """
