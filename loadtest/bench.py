@@ -262,7 +262,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.workers > 1:
             one_r = run_pipeline(single, n, workdir / "pipeline-1", args.timeout, 1)
             print(
-                f"    the same, one worker        {one_r['eps']:>10,.0f} events/s",
+                f"    the same, one worker        {one_r['eps']:>10,.0f} events/s "
+                f"({one_r['identity_links_unanswered']:.0f} identity links unanswered in time)",
                 flush=True,
             )
         print(
@@ -309,6 +310,9 @@ def main(argv: list[str] | None = None) -> int:
             # The same pipeline as one worker process, after (c), in the same run.
             "pipeline_1worker_eps": round((one_r or pipe_r)["eps"]),
             "pipeline_1worker_vs_naive": round((one_r or pipe_r)["eps"] / naive_r["eps"], 2),
+            "pipeline_1worker_identity_links_unanswered": round(
+                (one_r or pipe_r)["identity_links_unanswered"]
+            ),
             "machine": (
                 f"{platform.machine()} {os.cpu_count()} cores, Python {platform.python_version()}"
             ),
