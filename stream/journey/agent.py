@@ -673,6 +673,14 @@ def register_journey(app: faust.App, settings: Settings, topics: Any) -> Journey
         # JourneyShell.flush records changelog offsets as Faust does at least once.
         raise ValueError("the journey agent supports processing_guarantee='at_least_once' only")
     shell = JourneyShell(app, settings, topics, model)
+    # Every possible stage change exists as a series from the start, at 0:
+    # a series first scraped with its final value has no increase() in
+    # Prometheus, and the funnel panels divide such increases (a worker that
+    # took in a burst before its first scrape showed no conversion at all).
+    for from_stage in ("none", *model.all_stages):
+        for to_stage in model.all_stages:
+            if from_stage != to_stage:
+                m.TRANSITIONS.labels(from_stage=from_stage, to_stage=to_stage)
     source = app.topic(
         settings.topics.resolved,
         settings.topics.timers,
