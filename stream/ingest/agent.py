@@ -94,7 +94,7 @@ def register_ingest(app: faust.App, settings: Settings, topics: Any, shell: Any)
     #: The ``touchpoints`` partition a raw id hashes to.
     home_partition = key_partitions(app, touchpoints_name)
     #: The ``touchpoints.resolved`` partition a journey key hashes to.
-    partition_of = key_partitions(app, resolved_name)
+    partition_of = shell.resolved_partition  # one cache with the journey agent's sends
 
     links_name = settings.topics.links
 

@@ -148,7 +148,6 @@ class JourneyShell:
         #: This batch's states to write: key -> (state, an event of its partition).
         self.dirty: dict[str, tuple[JourneyState, faust.EventT]] = {}
         self._event: faust.EventT | None = None
-        self._changelog_name: str | None = None
         #: Partitions of keyed sends, cached (the producer's partitioner is slow).
         self.resolved_partition = key_partitions(app, settings.topics.resolved)
         self.triggers_partition = key_partitions(app, settings.topics.triggers)
@@ -201,12 +200,8 @@ class JourneyShell:
         dirty, self.dirty = self.dirty, {}
         if not dirty:
             return
-        table = self.table
-        store = table.data
-        producer = self.app.producer
-        changelog = self._changelog_name
-        if changelog is None:
-            changelog = self._changelog_name = table.changelog_topic.get_topic_name()
+        store = self.table.data
+        changelog = self.table.changelog_topic
         cache = self.cache
         cache_size = self.cache_size
         last: dict[int, Any] = {}
@@ -221,8 +216,8 @@ class JourneyShell:
             value = state.dumps()
             store[raw_key] = value
             partition = event.message.partition
-            last[partition] = await producer.send(
-                changelog, raw_key, value, partition=partition, timestamp=None, headers=None
+            last[partition] = await send_direct(
+                self.app, changelog, value, key=raw_key, partition=partition
             )
             cache.pop(key, None)
             cache[key] = state

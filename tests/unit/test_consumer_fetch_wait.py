@@ -18,31 +18,27 @@ from stream.app import faust_app
 from stream.settings import Settings, load_settings
 
 
-def worker_app(tmp_path: Path, **worker: object) -> faust.App:
+def fetch_wait(tmp_path: Path, **worker: object) -> int:
+    """The fetch wait of the consumer a worker app with these settings builds."""
     base: Settings = load_settings(environ={})
     settings = replace(
         base,
         worker=replace(base.worker, data_dir=str(tmp_path / "worker"), **worker),  # type: ignore[arg-type]
     )
-    app = faust_app(settings, store="memory://")
+    app: faust.App = faust_app(settings, store="memory://")
     app.finalize()
-    return app
+    consumer = app.consumer._thread._create_worker_consumer(app.transport)  # type: ignore[attr-defined]
+    return int(consumer._fetch_max_wait_ms)
 
 
 async def test_the_configured_wait_reaches_the_consumer(tmp_path: Path) -> None:
-    app = worker_app(tmp_path, fetch_max_wait_ms=123)
-    consumer = app.consumer._thread._create_worker_consumer(app.transport)  # type: ignore[attr-defined]
-    assert consumer._fetch_max_wait_ms == 123
+    assert fetch_wait(tmp_path, fetch_max_wait_ms=123) == 123
 
 
 async def test_the_default_is_far_below_faust_s_1500_ms(tmp_path: Path) -> None:
-    app = worker_app(tmp_path)
-    consumer = app.consumer._thread._create_worker_consumer(app.transport)  # type: ignore[attr-defined]
-    assert consumer._fetch_max_wait_ms == 100
+    assert fetch_wait(tmp_path) == 100
 
 
 async def test_a_second_app_does_not_stack_the_patch(tmp_path: Path) -> None:
-    worker_app(tmp_path / "a", fetch_max_wait_ms=50)
-    app = worker_app(tmp_path / "b", fetch_max_wait_ms=70)
-    consumer = app.consumer._thread._create_worker_consumer(app.transport)  # type: ignore[attr-defined]
-    assert consumer._fetch_max_wait_ms == 70
+    fetch_wait(tmp_path / "a", fetch_max_wait_ms=50)
+    assert fetch_wait(tmp_path / "b", fetch_max_wait_ms=70) == 70
