@@ -63,6 +63,10 @@ MAX_TIMESTAMP_MS = 4_102_444_800_000  # 2100-01-01
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 MAX_ID_LENGTH = 256
+#: Values the engine packs (resolved groups, transitions, timer checks) stay
+#: below this: the producer's request limit and Kafka's default
+#: message.max.bytes are about 1 MB.
+MAX_PACKED_BYTES = 512 * 1024
 MAX_EVENT_BYTES = 32 * 1024
 
 
@@ -449,6 +453,26 @@ def _group_parts(
         return [(part, tps)]
     mid = len(tps) // 2
     return _group_parts(key, tps[:mid], max_bytes) + _group_parts(key, tps[mid:], max_bytes)
+
+
+def pack_arrays(items: Iterable[bytes], max_bytes: int = MAX_PACKED_BYTES) -> Iterator[bytes]:
+    """JSON arrays of the encoded ``items``, in order, each at most ``max_bytes``.
+
+    An item larger than ``max_bytes`` on its own goes alone. For what the
+    engine publishes per batch (transitions, timer checks): a large batch's
+    output in one message would pass the producer's request limit and stop
+    the agent.
+    """
+    parts: list[bytes] = []
+    size = 2
+    for item in items:
+        if parts and size + len(item) + 1 > max_bytes:
+            yield b"[" + b",".join(parts) + b"]"
+            parts, size = [], 2
+        parts.append(item)
+        size += len(item) + 1
+    if parts:
+        yield b"[" + b",".join(parts) + b"]"
 
 
 def dumps_mark(source: int, mark: int) -> bytes:

@@ -37,9 +37,8 @@ log = logging.getLogger(__name__)
 
 #: How long ingest waits to fill a batch before forwarding what it has.
 BATCH_WINDOW_S = 0.05
-#: Packed ``touchpoints.resolved`` values stay below this (the producer's
-#: request limit and Kafka's default message.max.bytes are ~1 MB).
-MAX_FORWARD_BYTES = 512 * 1024
+#: Packed ``touchpoints.resolved`` values stay below this.
+MAX_FORWARD_BYTES = contract.MAX_PACKED_BYTES
 #: Identity links per packed ``touchpoints`` message (each well under 1 KB).
 MAX_PACKED_LINKS = 500
 #: How many ``touchpoints.resolved`` messages ingest may be ahead of this

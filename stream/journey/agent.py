@@ -83,6 +83,13 @@ def identity_ready(effect: Effect, at: int) -> Effect:
     return effect
 
 
+def check_messages(watermark: int, keys: list[str]) -> Iterable[bytes]:
+    """Timer check messages for ``keys`` (``{"watermark", "keys"}``), each of bounded size."""
+    head = b'{"watermark":%d,"keys":' % watermark
+    for array in contract.pack_arrays(orjson.dumps(key) for key in keys):
+        yield head + array + b"}"
+
+
 def counted_stage(state: JourneyState | None) -> str | None:
     """The stage a journey counts in for the stage gauge (merged journeys don't)."""
     if state is None or state.merged_into is not None:
@@ -522,19 +529,18 @@ class JourneyShell:
     async def forward(self, key: str, tps: list[Touchpoint]) -> None:
         """Send touchpoints to another journey (partitioned by its key)."""
         if tps:
-            await send_direct(
-                self.app,
-                self.topics.resolved,
-                contract.dumps_groups([(key, tps)]),
-                key=key.encode(),
-                partition=self.resolved_partition(key),
-            )
+            partition = self.resolved_partition(key)
+            for value in contract.pack_groups([(key, tps)], contract.MAX_PACKED_BYTES):
+                await send_direct(
+                    self.app, self.topics.resolved, value, key=key.encode(), partition=partition
+                )
 
     async def emit(self, partition: int, effects: list[Effect]) -> None:
         """Publish one step's effects.
 
-        ``journey.transitions`` gets one JSON array of the step's transitions on
-        the same partition number (a journey's transitions always come from one
+        ``journey.transitions`` gets the step's transitions as JSON arrays (one,
+        unless it is larger than ``contract.MAX_PACKED_BYTES``) on the same
+        partition number (a journey's transitions always come from one
         partition, in order); ``journey.triggers`` one message per trigger,
         keyed by journey key, stamped with the wall-clock time it fired.
         """
@@ -547,12 +553,8 @@ class JourneyShell:
                 counts[tr.from_stage or "none", tr.to_stage] += 1
             for (from_stage, to_stage), n in counts.items():
                 m.TRANSITIONS.labels(from_stage=from_stage, to_stage=to_stage).inc(n)
-            await send_direct(
-                self.app,
-                self.topics.transitions,
-                orjson.dumps([tr.to_dict() for tr in transitions]),
-                partition=partition,
-            )
+            for value in contract.pack_arrays(orjson.dumps(tr.to_dict()) for tr in transitions):
+                await send_direct(self.app, self.topics.transitions, value, partition=partition)
         if triggers:
             t = now_ms()
             clock = self.clocks[partition]
@@ -604,13 +606,8 @@ class JourneyShell:
             if time.monotonic() - self._last_batch.get(p, 0.0) < BATCH_QUIET_S:
                 continue  # its own batches settle what is due (see on_touchpoints)
             keys = self.due[p].pop_due(wm)
-            if keys:
-                await send_direct(
-                    self.app,
-                    self.topics.timers,
-                    orjson.dumps({"watermark": wm, "keys": keys}),
-                    partition=p,
-                )
+            for value in check_messages(wm, keys):
+                await send_direct(self.app, self.topics.timers, value, partition=p)
 
     def publish_stage_gauge(self, actives: list[int]) -> None:
         """Report customers per stage for owned partitions only (sums across workers)."""

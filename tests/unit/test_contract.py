@@ -471,3 +471,47 @@ def test_pack_groups_with_returns_what_loads_groups_reads() -> None:
     assert handoff.take(0, 0, value) is None  # taken once
     assert handoff.take(0, 1, packed[2][0]) is None  # other bytes at that offset: decode
     assert handoff.take(0, 2, packed[2][0]) == packed[2][1]
+
+
+@given(
+    st.lists(st.text(max_size=300), max_size=60),
+    st.integers(min_value=16, max_value=4096),
+)
+def test_pack_arrays_keeps_every_item_in_order_within_the_limit(
+    items: list[str], max_bytes: int
+) -> None:
+    encoded = [orjson.dumps(item) for item in items]
+    values = list(contract.pack_arrays(encoded, max_bytes))
+    unpacked = [item for value in values for item in orjson.loads(value)]
+    assert unpacked == items
+    for value in values:
+        # Over the limit only as a lone item that is larger on its own.
+        assert len(value) <= max_bytes or len(orjson.loads(value)) == 1
+
+
+def test_a_large_batch_of_transitions_goes_out_under_the_producer_s_request_limit() -> None:
+    # A backlog once gave one partition ~7,800 transitions in one step: 1.17 MB in
+    # one message, which the producer refused, and the journey agent stopped.
+    from stream.journey.agent import check_messages
+    from stream.journey.state import Transition
+
+    transitions = [
+        Transition(f"customer-{i:06d}", "consideration", "decision", 1_700_000_000_000 + i, f"e{i}")
+        for i in range(10_000)
+    ]
+    encoded = [orjson.dumps(tr.to_dict()) for tr in transitions]
+    assert sum(len(e) for e in encoded) > 1_000_000
+    values = list(contract.pack_arrays(encoded))
+    assert len(values) > 1
+    assert all(len(v) <= contract.MAX_PACKED_BYTES for v in values)
+    assert [d["cause_event_id"] for v in values for d in orjson.loads(v)] == [
+        tr.cause_event_id for tr in transitions
+    ]
+
+    keys = [f"anonymous-{i:040d}" for i in range(30_000)]
+    checks = list(check_messages(123, keys))
+    assert len(checks) > 1
+    assert all(len(c) <= contract.MAX_PACKED_BYTES + 64 for c in checks)
+    bodies = [orjson.loads(c) for c in checks]
+    assert all(b["watermark"] == 123 for b in bodies)
+    assert [k for b in bodies for k in b["keys"]] == keys
