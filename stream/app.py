@@ -95,6 +95,7 @@ def faust_app(
         recover_to_fetched_end(b.bootstrap)
     flush_waits_for_buffer()
     consumer_fetch_max_wait(w.fetch_max_wait_ms)
+    rocksdb_without_wal()
     return faust.App(
         w.app_id,
         broker=",".join(f"kafka://{h}" for h in b.bootstrap.split(",")),
@@ -219,6 +220,39 @@ def consumer_fetch_max_wait(ms: int) -> None:
         return consumer
 
     driver.AIOKafkaConsumerThread._create_worker_consumer = _create_worker_consumer  # type: ignore[method-assign]
+
+
+def rocksdb_without_wal() -> None:
+    """Open table stores with RocksDB's write-ahead log off, as Kafka Streams does.
+
+    Every table write also goes to its changelog topic, which is what recovery
+    reads; the store records in itself how far that changelog is (Faust's
+    persisted offset, in the same database as the values). Without the log, a
+    killed worker loses what RocksDB had not yet flushed to its files, values
+    and that offset together, so on restart the changelog is replayed from
+    an earlier offset: a longer recovery, the same state. A put cost about a
+    third (1.7 against 5.5 us in a probe with journey-sized values).
+    """
+    from faust.stores import rocksdb as driver
+
+    open_ = driver.RocksDBOptions.open
+    if getattr(open_, "_without_wal", False):
+        return
+
+    @functools.wraps(open_)
+    def open_without_wal(self: Any, path: Any, *, read_only: bool = False) -> Any:
+        db = open_(self, path, read_only=read_only)
+        if self.use_rocksdict and not read_only:
+            import rocksdict
+
+            options = rocksdict.WriteOptions()
+            # A property (rocksdict's stub calls it a method; calling it fails).
+            options.disable_wal = True  # type: ignore[method-assign,assignment]
+            db.set_write_options(options)
+        return db
+
+    open_without_wal._without_wal = True  # type: ignore[attr-defined]
+    driver.RocksDBOptions.open = open_without_wal  # type: ignore[method-assign]
 
 
 def flush_waits_for_buffer() -> None:
@@ -374,6 +408,41 @@ def read_raw(table: Any, key: bytes) -> bytes | None:
         return value if value is None or isinstance(value, bytes) else bytes(value)
     value = get(key)
     return value if value is None or isinstance(value, bytes) else bytes(value)
+
+
+async def write_raw(
+    app: Any, table: Any, key: bytes, value: bytes, partition: int
+) -> asyncio.Future[Any]:
+    """``table[key] = value`` for a raw (bytes) table, without Faust's per-record send path.
+
+    The same two writes as a table write: the store (which writes to the
+    current event's partition: ``partition`` must be it), then the changelog
+    record on that partition, straight to the producer (:func:`send_direct`;
+    Faust's flush before each offset commit still waits for it). Pass the
+    returned future (the last one per partition is enough: delivery is in
+    order) to :func:`changelog_persisted`, which records in the store how far
+    its changelog is, as Faust's ``_on_changelog_sent`` does. Faust's table-set
+    sensor does not count these writes.
+    """
+    table.data[key] = value
+    return await send_direct(app, table.changelog_topic, value, key=key, partition=partition)
+
+
+def changelog_persisted(table: Any, fut: asyncio.Future[Any]) -> None:
+    """When ``fut`` (a :func:`write_raw` record) is delivered, record its offset in the store."""
+
+    def persisted(done: asyncio.Future[Any]) -> None:
+        if done.cancelled():
+            return
+        exc = done.exception()
+        if exc is not None:
+            # As with Faust's own changelog sends: logged, the offset not recorded.
+            log.error("changelog send failed for table %s: %r", table.name, exc)
+            return
+        res = done.result()
+        table.data.set_persisted_offset(res.topic_partition, res.offset)
+
+    fut.add_done_callback(persisted)
 
 
 def cached_labels_monitor(monitor: Any) -> Any:

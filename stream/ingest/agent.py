@@ -25,7 +25,14 @@ from faust.streams import _current_event
 from faust.types import TP
 
 from stream import contract
-from stream.app import Handoff, key_partitions, read_raw, send_direct
+from stream.app import (
+    Handoff,
+    changelog_persisted,
+    key_partitions,
+    read_raw,
+    send_direct,
+    write_raw,
+)
 from stream.contract import Rejected, Touchpoint
 from stream.ingest.dedupe import RecentIds
 from stream.ingest.identity import resolve
@@ -110,6 +117,8 @@ def register_ingest(app: faust.App, settings: Settings, topics: Any, shell: Any)
             links_out: dict[int, list[Touchpoint]] = defaultdict(list)
             now_ms = int(time.time() * 1000)
             newest: dict[int, int] = {}
+            #: The last identity record written per partition (see ``changelog_persisted``).
+            records: dict[int, Any] = {}
             for event in events:
                 processed[event.message.tp] = event.message.offset
                 source = event.message.partition
@@ -145,7 +154,9 @@ def register_ingest(app: faust.App, settings: Settings, topics: Any, shell: Any)
                     res = resolve(item, lookup)
                     if res.record is not None:
                         alias, customer = res.record
-                        identities[alias.encode()] = customer.encode()
+                        records[source] = await write_raw(
+                            app, identities, alias.encode(), customer.encode(), source
+                        )
                         m.IDENTITY_LINKS.inc()
                     for orphan, merge in res.merges:
                         by_key[orphan].append(merge)
@@ -173,6 +184,8 @@ def register_ingest(app: faust.App, settings: Settings, topics: Any, shell: Any)
                         key=chunk[0].routing_key.encode(),
                         partition=partition,
                     )
+            for fut in records.values():
+                changelog_persisted(identities, fut)
             for (channel, type_), n in ingested.items():
                 m.INGESTED.labels(channel=channel, type=type_).inc(n)
             by_partition: dict[int, list[tuple[str, list[Touchpoint]]]] = defaultdict(list)

@@ -18,6 +18,7 @@ rebalance and recovery, so a journey seen again soon is not decoded again.
 from __future__ import annotations
 
 import contextlib
+import functools
 import heapq
 import logging
 import time
@@ -33,7 +34,14 @@ from faust.streams import _current_event
 from faust.types import TP
 
 from stream import contract
-from stream.app import Handoff, key_partitions, read_raw, send_direct
+from stream.app import (
+    Handoff,
+    changelog_persisted,
+    key_partitions,
+    read_raw,
+    send_direct,
+    write_raw,
+)
 from stream.contract import Touchpoint
 from stream.ingest.identity import MERGE
 from stream.journey import rules
@@ -160,6 +168,9 @@ class JourneyShell:
         self.triggers_partition = key_partitions(app, settings.topics.triggers)
         #: Decoded values the ingest agent of this process just sent us.
         self.handoff = Handoff()
+        #: Touchpoints this batch passes on to other journeys, by journey key
+        #: (sent packed when the batch ends, see :meth:`send_forwards`).
+        self.outbox: dict[str, list[Touchpoint]] = {}
 
     # -- table ------------------------------------------------------------
     def load(self, key: str) -> JourneyState | None:
@@ -207,8 +218,6 @@ class JourneyShell:
         dirty, self.dirty = self.dirty, {}
         if not dirty:
             return
-        store = self.table.data
-        changelog = self.table.changelog_topic
         cache = self.cache
         cache_size = self.cache_size
         last: dict[int, Any] = {}
@@ -219,12 +228,9 @@ class JourneyShell:
                 _current_event.set(weakref.ref(event))
                 current = event
             key = state.key
-            raw_key = key.encode()
-            value = state.dumps()
-            store[raw_key] = value
             partition = event.message.partition
-            last[partition] = await send_direct(
-                self.app, changelog, value, key=raw_key, partition=partition
+            last[partition] = await write_raw(
+                self.app, self.table, key.encode(), state.dumps(), partition
             )
             cache.pop(key, None)
             cache[key] = state
@@ -232,26 +238,13 @@ class JourneyShell:
                 del cache[next(iter(cache))]
         m.STATE_WRITES.inc(len(dirty))
         for fut in last.values():
-            # Delivery is in order per partition: the last record's offset covers the rest.
-            fut.add_done_callback(self._persisted)
-
-    def _persisted(self, fut: Any) -> None:
-        """Record in the store how far its changelog is (Faust's ``_on_changelog_sent``)."""
-        if fut.cancelled():
-            return
-        exc = fut.exception()
-        if exc is not None:
-            # As with Faust's own changelog sends: logged, the offset not recorded.
-            log.error("journey changelog send failed: %r", exc)
-            return
-        res = fut.result()
-        store: Any = self.table.data
-        store.set_persisted_offset(res.topic_partition, res.offset)
+            changelog_persisted(self.table, fut)
 
     def discard(self) -> None:
         """Forget unwritten and cached states (a failed batch: they may be half-applied)."""
         self.dirty.clear()
         self.cache.clear()
+        self.outbox.clear()
         self._event = None
 
     async def on_batch(self, events: list[faust.EventT]) -> None:
@@ -276,6 +269,7 @@ class JourneyShell:
                 _current_event.set(weakref.ref(event))
                 await self.on_check(event)
             self._event = None
+            await self.send_forwards()
             await self.flush()
         except BaseException:
             self.discard()
@@ -527,13 +521,36 @@ class JourneyShell:
         await self.forward(into, [body])
 
     async def forward(self, key: str, tps: list[Touchpoint]) -> None:
-        """Send touchpoints to another journey (partitioned by its key)."""
+        """Pass touchpoints on to another journey, when this batch ends (:meth:`send_forwards`)."""
         if tps:
-            partition = self.resolved_partition(key)
-            for value in contract.pack_groups([(key, tps)], contract.MAX_PACKED_BYTES):
-                await send_direct(
-                    self.app, self.topics.resolved, value, key=key.encode(), partition=partition
-                )
+            queued = self.outbox.get(key)
+            if queued is None:
+                self.outbox[key] = list(tps)
+            else:
+                queued.extend(tps)
+
+    async def send_forwards(self) -> None:
+        """Send what this batch passed on to other journeys, packed per partition.
+
+        Identity answers (``merge_in``) and events of merged journeys, in the
+        order they were passed on, as ingest sends its touchpoints: one message
+        per partition (up to ``contract.MAX_PACKED_BYTES``) instead of one per
+        journey, which in a backlog of identified visitors was most of the
+        messages the journey agent read. The agent of this process takes them
+        back decoded (``handoff``).
+        """
+        outbox, self.outbox = self.outbox, {}
+        by_partition: dict[int, list[tuple[str, list[Touchpoint]]]] = defaultdict(list)
+        for key, tps in outbox.items():
+            by_partition[self.resolved_partition(key)].append((key, tps))
+        for partition, groups in by_partition.items():
+            for value, held in contract.pack_groups_with(groups, contract.MAX_PACKED_BYTES):
+                fut = await send_direct(self.app, self.topics.resolved, value, partition=partition)
+                fut.add_done_callback(functools.partial(self._handed, partition, value, held))
+
+    def _handed(self, partition: int, value: bytes, held: Any, fut: Any) -> None:
+        if not fut.cancelled() and fut.exception() is None:
+            self.handoff.put(partition, fut.result().offset, value, held)
 
     async def emit(self, partition: int, effects: list[Effect]) -> None:
         """Publish one step's effects.
