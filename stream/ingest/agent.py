@@ -44,8 +44,6 @@ log = logging.getLogger(__name__)
 
 #: How long ingest waits to fill a batch before forwarding what it has.
 BATCH_WINDOW_S = 0.05
-#: Packed ``touchpoints.resolved`` values stay below this.
-MAX_FORWARD_BYTES = contract.MAX_PACKED_BYTES
 #: Identity links per packed ``touchpoints`` message (each well under 1 KB).
 MAX_PACKED_LINKS = 500
 #: How many ``touchpoints.resolved`` messages ingest may be ahead of this
@@ -192,7 +190,7 @@ def register_ingest(app: faust.App, settings: Settings, topics: Any, shell: Any)
             for key, tps in by_key.items():
                 by_partition[partition_of(key)].append((key, tps))
             for partition, groups in by_partition.items():
-                for value, held in contract.pack_groups_with(groups, MAX_FORWARD_BYTES):
+                for value, held in contract.pack_groups_with(groups, contract.MAX_PACKED_BYTES):
                     fut = await send_direct(app, topics.resolved, value, partition=partition)
                     fut.add_done_callback(remember(handoff, partition, value, held))
             await keep_pace()

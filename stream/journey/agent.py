@@ -375,10 +375,10 @@ class JourneyShell:
             if len(segments) > 1 and any(tp.type == MERGE for seg in segments[:-1] for tp in seg):
                 # A merge before later messages: take those in as separately as they came.
                 for seg in segments:
-                    effects.extend(await self.take_in(partition, key, seg, wm))
+                    effects.extend(self.take_in(partition, key, seg, wm))
                 continue
             tps = segments[0] if len(segments) == 1 else [tp for seg in segments for tp in seg]
-            effects.extend(await self.take_in(partition, key, tps, wm))
+            effects.extend(self.take_in(partition, key, tps, wm))
         # Journeys the watermark just made due (pending events, deadlines) are
         # settled here, in the partition's own batch, rather than by a timer
         # check that would queue behind this partition's backlog.
@@ -394,14 +394,12 @@ class JourneyShell:
             m.FIRST_APPLIED.set(t / 1000)
         m.LAST_APPLIED.set(now_ms() / 1000)
 
-    async def take_in(
-        self, partition: int, key: str, tps: list[Touchpoint], wm: int
-    ) -> list[Effect]:
+    def take_in(self, partition: int, key: str, tps: list[Touchpoint], wm: int) -> list[Effect]:
         """Apply one journey's touchpoints, settle up to ``wm`` and save it once."""
         state = self.load(key)
         before = counted_stage(state)
         if state is not None and state.merged_into is not None:
-            await self.forward(state.merged_into, [tp for tp in tps if tp.type != MERGE])
+            self.forward(state.merged_into, [tp for tp in tps if tp.type != MERGE])
             return []
         fresh = state is None
         if state is None:
@@ -413,12 +411,12 @@ class JourneyShell:
             if tp.type == MERGE:
                 into, alias = str(tp.properties["into"]), str(tp.properties["alias"])
                 if state.events or state.pending:
-                    await self.merge_out(state, into, alias, tp.timestamp)
+                    self.merge_out(state, into, alias, tp.timestamp)
                     state.merged_into = into
                     state.pending = []
                     m.IDENTITY_MERGES.inc()
                 else:
-                    await self.merge_out(None, into, alias, tp.timestamp)  # just the ack
+                    self.merge_out(None, into, alias, tp.timestamp)  # just the ack
                 continue
             if tp.type == MERGE_IN:
                 alias = str(tp.properties["alias"])
@@ -509,8 +507,8 @@ class JourneyShell:
         observe_time_in_stage(state, out)
         return out
 
-    async def merge_out(self, state: JourneyState | None, into: str, alias: str, at: int) -> None:
-        """Send an orphan journey (or, with None, only the link's acknowledgement)."""
+    def merge_out(self, state: JourneyState | None, into: str, alias: str, at: int) -> None:
+        """Pass on an orphan journey (or, with None, only the link's acknowledgement)."""
         body = contract.internal_touchpoint(
             MERGE_IN,
             f"merge_in:{alias}:{into}",
@@ -518,9 +516,9 @@ class JourneyShell:
             anonymous_id=alias,
             properties={"alias": alias, "state": None if state is None else state.to_dict()},
         )
-        await self.forward(into, [body])
+        self.forward(into, [body])
 
-    async def forward(self, key: str, tps: list[Touchpoint]) -> None:
+    def forward(self, key: str, tps: list[Touchpoint]) -> None:
         """Pass touchpoints on to another journey, when this batch ends (:meth:`send_forwards`)."""
         if tps:
             queued = self.outbox.get(key)
