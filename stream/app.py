@@ -49,8 +49,6 @@ class Topics:
     timers: faust.TopicT
     triggers: faust.TopicT
     links: faust.TopicT
-    #: What ingest reads: touchpoints and the identity links, co-partitioned.
-    ingest_source: faust.TopicT
 
 
 def advertised_host(bind_host: str) -> str:
@@ -120,6 +118,7 @@ def faust_app(
         web_in_thread=False,
         canonical_url=f"http://{advertised_host(w.web_host)}:{port}",
         consumer_auto_offset_reset="earliest",
+        broker_max_poll_records=w.max_poll_records,
         stream_wait_empty=False,
         recovery_consistency_check=w.recovery_consistency_check,
     )
@@ -542,13 +541,6 @@ def declare_topics(app: faust.App, settings: Settings) -> Topics:
         timers=topic(t.timers, "orjson"),
         triggers=topic(t.triggers),
         links=topic(t.links),
-        ingest_source=app.topic(
-            t.touchpoints,
-            t.links,
-            partitions=n,
-            key_serializer="raw",
-            value_serializer="raw",
-        ),
     )
 
 

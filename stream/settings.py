@@ -139,6 +139,11 @@ class WorkerSettings:
     #: journey agent up to that late. Kafka answers at once either way; a shorter
     #: wait only means more (cheap) empty fetches on an idle topic.
     fetch_max_wait_ms: int = 100
+    #: Records the worker's consumer hands to Faust per poll. Faust delivers them
+    #: one at a time into each agent's stream buffer and waits while that buffer
+    #: is full, so a large poll lets ingest's full buffer (under a backlog) hold
+    #: back the journey agent's and the links agent's records behind it.
+    max_poll_records: int = 500
     #: Faust's check that a table's persisted offset is not past the changelog's end.
     #: Keep it on with Kafka; the embedded Tansu broker under-reports end offsets
     #: after batched writes, so the embedded stack turns it off.

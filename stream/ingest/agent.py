@@ -9,6 +9,11 @@ go to ``touchpoints.resolved`` keyed by journey key, packed as one message per
 destination partition per batch (see
 ``contract.dumps_groups``) so the journey agent pays Faust's per-message cost
 once for many events.
+
+Identity links for aliases another partition owns travel on ``journey.links``
+(co-partitioned with ``touchpoints``) and are handled the same way by a second
+agent, ``links``, with its own stream buffer, so they never wait behind a
+touchpoints backlog.
 """
 
 from __future__ import annotations
@@ -100,9 +105,7 @@ def register_ingest(app: faust.App, settings: Settings, topics: Any, shell: Any)
     #: The ``touchpoints.resolved`` partition a journey key hashes to.
     partition_of = shell.resolved_partition  # one cache with the journey agent's sends
 
-    links_name = settings.topics.links
-
-    @app.agent(topics.ingest_source, name="ingest")
+    @app.agent(topics.touchpoints, name="ingest")
     async def ingest(stream: faust.StreamT) -> None:
         # Batches of events: Faust's per-message send cost is paid once per
         # destination partition per batch instead of once per event. Events are
@@ -110,94 +113,106 @@ def register_ingest(app: faust.App, settings: Settings, topics: Any, shell: Any)
         # Faust flushes the producer before committing offsets.
         batches = stream.take_events(batch_size, within=BATCH_WINDOW_S)  # type: ignore[attr-defined]
         async for events in batches:
-            by_key: dict[str, list[Touchpoint]] = defaultdict(list)
-            ingested: dict[tuple[str, str], int] = defaultdict(int)
-            links_out: dict[int, list[Touchpoint]] = defaultdict(list)
-            now_ms = int(time.time() * 1000)
-            newest: dict[int, int] = {}
-            #: The last identity record written per partition (see ``changelog_persisted``).
-            records: dict[int, Any] = {}
-            for event in events:
-                processed[event.message.tp] = event.message.offset
-                source = event.message.partition
-                is_link = event.message.topic == links_name
-                if not is_link:
-                    newest.setdefault(source, NEVER)
-                raw = event.value
-                if raw is None:
-                    continue
-                # Table reads and writes belong to this event's partition.
-                _current_event.set(weakref.ref(event))
-                msg_key = event.key.decode(errors="replace") if event.key else None
-                for item in contract.decode_message(raw):
-                    if isinstance(item, Rejected):
-                        m.DLQ.labels(reason=item.kind).inc()
-                        await topics.dlq.send(
-                            key=event.key,
-                            value=item.raw,
-                            headers=dlq_headers(item.reason, event, item.index, "ingest"),
-                        )
-                        continue
-                    raw_key = item.routing_key
-                    if raw_key != msg_key and home_partition(raw_key) != event.message.partition:
-                        # Packed by a producer with another partitioner: send it home.
-                        m.REROUTED.inc()
-                        await topics.touchpoints.send(
-                            key=raw_key.encode(), value=contract.dumps(item)
-                        )
-                        continue
-                    if recent.seen(item.event_id):
-                        m.DUPLICATES.inc()
-                        continue
-                    res = resolve(item, lookup)
-                    if res.record is not None:
-                        alias, customer = res.record
-                        records[source] = await write_raw(
-                            app, identities, alias.encode(), customer.encode(), source
-                        )
-                        m.IDENTITY_LINKS.inc()
-                    for orphan, merge in res.merges:
-                        by_key[orphan].append(merge)
-                    for alias, link in res.links:
-                        if not links_sent.seen(link.event_id):
-                            links_out[home_partition(alias)].append(link)
-                    if not is_link and item.timestamp > newest[source]:
-                        newest[source] = item.timestamp
-                    if item.source == contract.INTERNAL_SOURCE:
-                        continue
-                    ingested[item.channel, m.type_label(item)] += 1
-                    m.EVENT_TIME_LAG.observe(max(0.0, (now_ms - item.timestamp) / 1000))
-                    by_key[res.journey_key].append(item)
-            # Links for aliases other partitions own, packed per partition (see
-            # ``stream.contract``), on ``journey.links``: co-partitioned with
-            # touchpoints and read beside them, so a link (and the journey
-            # waiting for its answer) never queues behind a touchpoints backlog.
-            for partition, links in links_out.items():
-                for i in range(0, len(links), MAX_PACKED_LINKS):
-                    chunk = links[i : i + MAX_PACKED_LINKS]
-                    await send_direct(
-                        app,
-                        topics.links,
-                        contract.dumps(chunk[0]) if len(chunk) == 1 else contract.dumps_many(chunk),
-                        key=chunk[0].routing_key.encode(),
-                        partition=partition,
+            await handle(events, from_links=False)
+
+    @app.agent(topics.links, name="links")
+    async def identity_links(stream: faust.StreamT) -> None:
+        # Identity links have their own agent, hence their own stream buffer:
+        # behind touchpoints in ingest's (thousands of packed messages under a
+        # backlog) a link, and the journey waiting for its answer, would wait
+        # for all of them. Same handling, but never held back by ``keep_pace``.
+        batches = stream.take_events(batch_size, within=BATCH_WINDOW_S)  # type: ignore[attr-defined]
+        async for events in batches:
+            await handle(events, from_links=True)
+
+    async def handle(events: list[faust.EventT], *, from_links: bool) -> None:
+        """One batch of ``touchpoints`` (or of ``journey.links``) messages."""
+        by_key: dict[str, list[Touchpoint]] = defaultdict(list)
+        ingested: dict[tuple[str, str], int] = defaultdict(int)
+        links_out: dict[int, list[Touchpoint]] = defaultdict(list)
+        now_ms = int(time.time() * 1000)
+        newest: dict[int, int] = {}
+        #: The last identity record written per partition (see ``changelog_persisted``).
+        records: dict[int, Any] = {}
+        for event in events:
+            processed[event.message.tp] = event.message.offset
+            source = event.message.partition
+            if not from_links:
+                newest.setdefault(source, NEVER)
+            raw = event.value
+            if raw is None:
+                continue
+            # Table reads and writes belong to this event's partition.
+            _current_event.set(weakref.ref(event))
+            msg_key = event.key.decode(errors="replace") if event.key else None
+            for item in contract.decode_message(raw):
+                if isinstance(item, Rejected):
+                    m.DLQ.labels(reason=item.kind).inc()
+                    await topics.dlq.send(
+                        key=event.key,
+                        value=item.raw,
+                        headers=dlq_headers(item.reason, event, item.index, "ingest"),
                     )
-            for fut in records.values():
-                changelog_persisted(identities, fut)
-            for (channel, type_), n in ingested.items():
-                m.INGESTED.labels(channel=channel, type=type_).inc(n)
-            by_partition: dict[int, list[tuple[str, list[Touchpoint]]]] = defaultdict(list)
-            for key, tps in by_key.items():
-                by_partition[partition_of(key)].append((key, tps))
-            for partition, groups in by_partition.items():
-                for value, held in contract.pack_groups_with(groups, contract.MAX_PACKED_BYTES):
-                    fut = await send_direct(app, topics.resolved, value, partition=partition)
-                    fut.add_done_callback(remember(handoff, partition, value, held))
+                    continue
+                raw_key = item.routing_key
+                if raw_key != msg_key and home_partition(raw_key) != event.message.partition:
+                    # Packed by a producer with another partitioner: send it home.
+                    m.REROUTED.inc()
+                    await topics.touchpoints.send(key=raw_key.encode(), value=contract.dumps(item))
+                    continue
+                if recent.seen(item.event_id):
+                    m.DUPLICATES.inc()
+                    continue
+                res = resolve(item, lookup)
+                if res.record is not None:
+                    alias, customer = res.record
+                    records[source] = await write_raw(
+                        app, identities, alias.encode(), customer.encode(), source
+                    )
+                    m.IDENTITY_LINKS.inc()
+                for orphan, merge in res.merges:
+                    by_key[orphan].append(merge)
+                for alias, link in res.links:
+                    if not links_sent.seen(link.event_id):
+                        links_out[home_partition(alias)].append(link)
+                if not from_links and item.timestamp > newest[source]:
+                    newest[source] = item.timestamp
+                if item.source == contract.INTERNAL_SOURCE:
+                    continue
+                ingested[item.channel, m.type_label(item)] += 1
+                m.EVENT_TIME_LAG.observe(max(0.0, (now_ms - item.timestamp) / 1000))
+                by_key[res.journey_key].append(item)
+        # Links for aliases other partitions own, packed per partition (see
+        # ``stream.contract``), on ``journey.links``: co-partitioned with
+        # touchpoints and read by their own agent, so a link (and the journey
+        # waiting for its answer) never queues behind a touchpoints backlog.
+        for partition, out in links_out.items():
+            for i in range(0, len(out), MAX_PACKED_LINKS):
+                chunk = out[i : i + MAX_PACKED_LINKS]
+                await send_direct(
+                    app,
+                    topics.links,
+                    contract.dumps(chunk[0]) if len(chunk) == 1 else contract.dumps_many(chunk),
+                    key=chunk[0].routing_key.encode(),
+                    partition=partition,
+                )
+        for fut in records.values():
+            changelog_persisted(identities, fut)
+        for (channel, type_), n in ingested.items():
+            m.INGESTED.labels(channel=channel, type=type_).inc(n)
+        by_partition: dict[int, list[tuple[str, list[Touchpoint]]]] = defaultdict(list)
+        for key, tps in by_key.items():
+            by_partition[partition_of(key)].append((key, tps))
+        for partition, groups in by_partition.items():
+            for value, held in contract.pack_groups_with(groups, contract.MAX_PACKED_BYTES):
+                fut = await send_direct(app, topics.resolved, value, partition=partition)
+                fut.add_done_callback(remember(handoff, partition, value, held))
+        if not from_links:
             await keep_pace()
 
-            # Only now (the batch handed to the producer) may the marks cover it.
-            for source, t in newest.items():
-                shell.observe_source(source, t, now_ms)
+        # Only now (the batch handed to the producer) may the marks cover it.
+        for source, t in newest.items():
+            shell.observe_source(source, t, now_ms)
 
     #: ``touchpoints.resolved`` partition -> offsets of the packed messages ingest
     #: sent there that the journey agent had not processed when last looked at.
