@@ -23,7 +23,7 @@ import heapq
 import logging
 import time
 import weakref
-from collections import defaultdict
+from collections import OrderedDict, defaultdict
 from collections.abc import Iterable
 from dataclasses import replace
 from typing import Any
@@ -157,8 +157,10 @@ class JourneyShell:
         #: Touchpoints taken into a journey (not the engine's own merge messages,
         #: nor events only passed on to the journey they merged into).
         self.applied = 0
-        #: Decoded states of owned partitions, least recently saved first.
-        self.cache: dict[str, JourneyState] = {}
+        #: Decoded states of owned partitions, least recently saved first. An
+        #: OrderedDict: evicting a plain dict's first key scans the deleted
+        #: slots ahead of it (about 8x slower per write at 20,000 entries).
+        self.cache: OrderedDict[str, JourneyState] = OrderedDict()
         self.cache_size = settings.worker.state_cache
         #: This batch's states to write: key -> (state, an event of its partition).
         self.dirty: dict[str, tuple[JourneyState, faust.EventT]] = {}
@@ -232,10 +234,10 @@ class JourneyShell:
             last[partition] = await write_raw(
                 self.app, self.table, key.encode(), state.dumps(), partition
             )
-            cache.pop(key, None)
             cache[key] = state
+            cache.move_to_end(key)
             if len(cache) > cache_size:
-                del cache[next(iter(cache))]
+                cache.popitem(last=False)
         m.STATE_WRITES.inc(len(dirty))
         for fut in last.values():
             changelog_persisted(self.table, fut)
