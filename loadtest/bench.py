@@ -81,13 +81,28 @@ def run_naive(topic: str, events: int, bootstrap: str, timeout: float) -> dict[s
     raise RuntimeError(f"naive baseline failed:\n{proc.stdout[-2000:]}\n{proc.stderr[-2000:]}")
 
 
+def process_cpu_seconds(pid: int) -> float | None:
+    """User + system CPU seconds of process ``pid`` so far (Linux ``/proc``; else None)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return None
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def run_pipeline(
-    settings: Settings, events: int, workdir: Path, timeout: float, workers: int = 1
+    settings: Settings,
+    events: int,
+    workdir: Path,
+    timeout: float,
+    workers: int = 1,
+    broker_pid: int | None = None,
 ) -> dict[str, Any]:
     """Run ``workers`` journey worker processes (one consumer group) over the backlog.
 
     Throughput is the events applied by all of them over the span from the
-    first event any of them applied to the last.
+    first event any of them applied to the last. The workers' CPU time per
+    event (and the embedded broker's, given its pid) covers about that span.
     """
     workdir.mkdir(parents=True, exist_ok=True)
     procs: list[tuple[subprocess.Popen, str, Any]] = []
@@ -108,9 +123,17 @@ def run_pipeline(
         )
         procs.append((proc, f"http://127.0.0.1:{port}/metrics", log))
     deadline = time.monotonic() + timeout
+    #: Per worker, (CPU seconds, events applied) when it was first seen applying.
+    first: dict[int, tuple[float, float]] = {}
+    broker_cpu_start = None
     try:
         while True:
             ms = [metrics(url) for _, url, _ in procs]
+            for i, m in enumerate(ms):
+                if i not in first and m.get("journey_events_applied_total", 0) > 0:
+                    first[i] = (m["process_cpu_seconds_total"], m["journey_events_applied_total"])
+                    if broker_cpu_start is None and broker_pid is not None:
+                        broker_cpu_start = process_cpu_seconds(broker_pid)
             applied = sum(m.get("journey_events_applied_total", 0) for m in ms)
             if applied >= events:
                 break
@@ -124,6 +147,14 @@ def run_pipeline(
         seconds = max(m["journey_last_event_applied_timestamp_seconds"] for m in active) - min(
             m["journey_first_event_applied_timestamp_seconds"] for m in active
         )
+        # CPU per event, from each worker's first poll with events applied to the
+        # last (a figure machines' load moves less than events/s; polls 0.5 s apart).
+        cpu = sum(ms[i]["process_cpu_seconds_total"] - c for i, (c, _) in first.items())
+        counted = sum(ms[i]["journey_events_applied_total"] - a for i, (_, a) in first.items())
+        broker_cpu = None
+        if broker_cpu_start is not None and broker_pid is not None:
+            end = process_cpu_seconds(broker_pid)
+            broker_cpu = None if end is None else end - broker_cpu_start
         return {
             "events": events,
             "seconds": seconds,
@@ -134,6 +165,10 @@ def run_pipeline(
             "transitions_at_end": sum(m.get("journey_stage_transitions_total", 0) for m in ms),
             "identity_links_unanswered": sum(
                 m.get("journey_identity_links_unanswered_total", 0) for m in ms
+            ),
+            "worker_cpu_us_per_event": round(cpu / counted * 1e6, 1) if counted else None,
+            "broker_cpu_us_per_event": (
+                round(broker_cpu / counted * 1e6, 1) if broker_cpu is not None and counted else None
             ),
         }
     finally:
@@ -252,7 +287,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"(a) raw aiokafka + orjson       {raw_r['eps']:>10,.0f} events/s", flush=True)
         naive_r = run_naive(settings.topics.touchpoints, n, settings.broker.bootstrap, args.timeout)
         print(f"(b) naive Faust, 1 write/event  {naive_r['eps']:>10,.0f} events/s", flush=True)
-        pipe_r = run_pipeline(settings, n, workdir / "pipeline", args.timeout, args.workers)
+        broker_pid = broker.proc.pid if broker is not None and broker.proc is not None else None
+        pipe_r = run_pipeline(
+            settings, n, workdir / "pipeline", args.timeout, args.workers, broker_pid
+        )
         print(
             f"(c) journey pipeline (RocksDB)  {pipe_r['eps']:>10,.0f} events/s "
             f"({args.workers} worker{'s' if args.workers > 1 else ''})",
@@ -260,7 +298,7 @@ def main(argv: list[str] | None = None) -> int:
         )
         one_r = None
         if args.workers > 1:
-            one_r = run_pipeline(single, n, workdir / "pipeline-1", args.timeout, 1)
+            one_r = run_pipeline(single, n, workdir / "pipeline-1", args.timeout, 1, broker_pid)
             print(
                 f"    the same, one worker        {one_r['eps']:>10,.0f} events/s "
                 f"({one_r['identity_links_unanswered']:.0f} identity links unanswered in time)",
@@ -307,6 +345,13 @@ def main(argv: list[str] | None = None) -> int:
             "pipeline_workers": pipe_r["workers"],
             "pipeline_applied_per_worker": pipe_r["applied_per_worker"],
             "pipeline_state_writes_per_event": round(pipe_r["state_writes"] / n, 3),
+            # CPU time per event applied, of all workers and of the embedded broker.
+            "pipeline_worker_cpu_us_per_event": pipe_r["worker_cpu_us_per_event"],
+            "pipeline_broker_cpu_us_per_event": pipe_r["broker_cpu_us_per_event"],
+            "pipeline_1worker_cpu_us_per_event": (one_r or pipe_r)["worker_cpu_us_per_event"],
+            "pipeline_1worker_broker_cpu_us_per_event": (one_r or pipe_r)[
+                "broker_cpu_us_per_event"
+            ],
             # The same pipeline as one worker process, after (c), in the same run.
             "pipeline_1worker_eps": round((one_r or pipe_r)["eps"]),
             "pipeline_1worker_vs_naive": round((one_r or pipe_r)["eps"] / naive_r["eps"], 2),
@@ -322,6 +367,13 @@ def main(argv: list[str] | None = None) -> int:
             f"pipeline / naive = {result['pipeline_vs_naive']}x "
             f"(one worker: {result['pipeline_1worker_vs_naive']}x), "
             f"pipeline / raw = {result['pipeline_vs_raw']}",
+            flush=True,
+        )
+        print(
+            f"CPU per event: workers {result['pipeline_worker_cpu_us_per_event']} us, "
+            f"broker {result['pipeline_broker_cpu_us_per_event']} us "
+            f"(one worker: {result['pipeline_1worker_cpu_us_per_event']} us, "
+            f"broker {result['pipeline_1worker_broker_cpu_us_per_event']} us)",
             flush=True,
         )
         args.out.parent.mkdir(parents=True, exist_ok=True)
