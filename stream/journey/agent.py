@@ -465,7 +465,10 @@ class JourneyShell:
         nothing settles and no deadline fires. Links unanswered after
         ``LINK_ACK_TIMEOUT_MS`` are given up (logged), never blocking a journey.
         """
-        return any(now - since <= LINK_ACK_TIMEOUT_MS for since in state.awaiting.values())
+        awaiting = state.awaiting
+        if not awaiting:
+            return False
+        return any(now - since <= LINK_ACK_TIMEOUT_MS for since in awaiting.values())
 
     @staticmethod
     def drop_expired_links(state: JourneyState, now: int) -> None:
