@@ -20,7 +20,6 @@ from typing import Any
 
 import faust
 import orjson
-from aiokafka import TopicPartition
 from faust.serializers import codecs
 
 from stream.settings import BrokerSettings, Settings
@@ -112,6 +111,7 @@ def faust_app(
         # records: a few ms of linger and larger batches mean far fewer requests.
         producer_linger_ms=5,
         producer_max_batch_size=256 * 1024,
+        producer_compression_type=producer_compression(w.compression),
         key_serializer="raw",
         value_serializer="raw",
         web_host=w.web_host,
@@ -123,6 +123,16 @@ def faust_app(
         stream_wait_empty=False,
         recovery_consistency_check=w.recovery_consistency_check,
     )
+
+
+COMPRESSION_TYPES = ("zstd", "lz4", "gzip", "none")
+
+
+def producer_compression(name: str) -> str | None:
+    """The producer's ``compression_type`` for ``worker.compression`` (None: off)."""
+    if name not in COMPRESSION_TYPES:
+        raise ValueError(f"worker.compression must be one of {COMPRESSION_TYPES}, not {name!r}")
+    return None if name == "none" else name
 
 
 async def fetched_end_offsets(bootstrap: str, ends: dict[Any, int]) -> dict[Any, int]:
@@ -351,10 +361,6 @@ class Handoff:
         self._bytes = 0
 
 
-#: Topic-partitions of direct sends, by (topic, partition).
-_topic_partitions: dict[tuple[str, int], TopicPartition] = {}
-
-
 async def send_direct(
     app: Any,
     topic: faust.TopicT,
@@ -367,33 +373,14 @@ async def send_direct(
 
     ``topic.send`` builds a pending message, queues it in Faust's producer
     buffer and runs the send sensors for every record: several times the cost
-    of aiokafka's own ``send`` on the hot path. With a partition given (every
-    hot-path send), the record goes further still, into aiokafka's record
-    accumulator, which is what ``AIOKafkaProducer.send`` ends in after its
-    metadata wait, serialiser, size check and partitioner (with a partition
-    given, the partitioner only checks it): this skips those, and Faust's
-    ``Producer.send`` wrapper and produce sensor, when the topic's metadata is
-    known, the partition exists and the record is well below the request size
-    limit; otherwise it takes the full path, which waits for metadata or
-    raises as it should. Faust's flush before each offset commit waits for
-    these records all the same (aiokafka's flush), so the at-least-once order
-    (records out, then offsets) holds. Faust's messages-sent sensor does not
-    count them.
+    of aiokafka's own ``send`` on the hot path. Faust's flush before each
+    offset commit waits for these records all the same (aiokafka's flush), so
+    the at-least-once order (records out, then offsets) holds. Faust's
+    messages-sent sensor does not count them.
     """
-    name = topic.get_topic_name()
-    producer = app.producer._producer
-    if partition is not None and producer is not None:
-        partitions = producer.client.cluster.partitions_for_topic(name)
-        size = len(value) + (len(key) if key is not None else 0)
-        if partitions and partition in partitions and size < producer._max_request_size // 2:
-            tp = _topic_partitions.get((name, partition))
-            if tp is None:
-                tp = _topic_partitions[name, partition] = TopicPartition(name, partition)
-            fut: asyncio.Future[Any] = await producer._message_accumulator.add_message(
-                tp, key, value, producer._request_timeout_ms / 1000
-            )
-            return fut
-    fut = await app.producer.send(name, key, value, partition, None, None)
+    fut: asyncio.Future[Any] = await app.producer.send(
+        topic.get_topic_name(), key, value, partition, None, None
+    )
     return fut
 
 

@@ -93,9 +93,6 @@ class Touchpoint:
     context: Mapping[str, Any] = field(default_factory=dict)
     schema_version: int = SCHEMA_VERSION
     source: str | None = None
-    #: This touchpoint as JSON once :func:`encoded` wrote it (not part of the
-    #: contract: orjson skips ``_`` fields, equality and hashing ignore it).
-    _json: bytes | None = field(default=None, init=False, repr=False, compare=False)
 
     @property
     def known_type(self) -> bool:
@@ -448,22 +445,10 @@ def pack_groups_with(
         yield b"[" + b",".join(parts) + b"]", held
 
 
-def encoded(tp: Touchpoint) -> bytes:
-    """``tp`` as orjson writes the dataclass (every field, None included; what
-    :func:`from_trusted` reads), encoded once: a journey state holding ``tp``
-    among its pending events re-writes these bytes on every save."""
-    raw = tp._json
-    if raw is None:
-        raw = orjson.dumps(tp, default=_plain)
-        object.__setattr__(tp, "_json", raw)
-    return raw
-
-
 def _group_parts(
     key: str, tps: list[Touchpoint], max_bytes: int
 ) -> list[tuple[bytes, list[Touchpoint]]]:
-    # The same bytes as ``orjson.dumps([key, tps])``, each touchpoint's kept.
-    part = b"[" + orjson.dumps(key) + b",[" + b",".join([encoded(tp) for tp in tps]) + b"]]"
+    part = orjson.dumps([key, tps], default=_plain)
     if len(part) + 2 <= max_bytes or len(tps) <= 1:
         return [(part, tps)]
     mid = len(tps) // 2

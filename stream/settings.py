@@ -144,6 +144,11 @@ class WorkerSettings:
     #: is full, so a large poll lets ingest's full buffer (under a backlog) hold
     #: back the journey agent's and the links agent's records behind it.
     max_poll_records: int = 500
+    #: Compression of every record the worker produces (``touchpoints.resolved``,
+    #: changelogs, transitions, triggers): ``zstd`` (default), ``lz4``, ``gzip`` or
+    #: ``none``. Journey states are repetitive JSON; zstd makes their changelog
+    #: about 20x smaller, which halves the broker's work (see README "Throughput").
+    compression: str = "zstd"
     #: Faust's check that a table's persisted offset is not past the changelog's end.
     #: Keep it on with Kafka; the embedded Tansu broker under-reports end offsets
     #: after batched writes, so the embedded stack turns it off.

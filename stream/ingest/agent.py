@@ -132,8 +132,6 @@ def register_ingest(app: faust.App, settings: Settings, topics: Any, shell: Any)
         links_out: dict[int, list[Touchpoint]] = defaultdict(list)
         now_ms = int(time.time() * 1000)
         newest: dict[int, int] = {}
-        #: Each ingested event's lag behind the wall clock, seconds (``EVENT_TIME_LAG``).
-        lags: list[float] = []
         #: The last identity record written per partition (see ``changelog_persisted``).
         records: dict[int, Any] = {}
         for event in events:
@@ -182,7 +180,7 @@ def register_ingest(app: faust.App, settings: Settings, topics: Any, shell: Any)
                 if item.source == contract.INTERNAL_SOURCE:
                     continue
                 ingested[item.channel, m.type_label(item)] += 1
-                lags.append(max(0.0, (now_ms - item.timestamp) / 1000))
+                m.EVENT_TIME_LAG.observe(max(0.0, (now_ms - item.timestamp) / 1000))
                 by_key[res.journey_key].append(item)
         # Links for aliases other partitions own, packed per partition (see
         # ``stream.contract``), on ``journey.links``: co-partitioned with
@@ -202,7 +200,6 @@ def register_ingest(app: faust.App, settings: Settings, topics: Any, shell: Any)
             changelog_persisted(identities, fut)
         for (channel, type_), n in ingested.items():
             m.INGESTED.labels(channel=channel, type=type_).inc(n)
-        m.observe_many(m.EVENT_TIME_LAG, lags)
         by_partition: dict[int, list[tuple[str, list[Touchpoint]]]] = defaultdict(list)
         for key, tps in by_key.items():
             by_partition[partition_of(key)].append((key, tps))

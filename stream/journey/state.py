@@ -10,13 +10,12 @@ the allowed lateness.
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
 
-from stream.contract import Touchpoint, encoded, from_trusted
+from stream.contract import Touchpoint, from_trusted
 
 #: How many settled event ids a journey remembers for de-duplication.
 SEEN_IDS = 256
@@ -24,10 +23,6 @@ SEEN_IDS = 256
 JOURNAL_EVENTS = 200
 #: How many distinct viewed products a journey remembers for personalisation.
 VIEWED_PRODUCTS = 20
-
-
-def _encoded_fragment(tp: Touchpoint) -> orjson.Fragment:
-    return orjson.Fragment(encoded(tp))
 
 
 @dataclass(frozen=True, slots=True)
@@ -166,10 +161,6 @@ class JourneyState:
     pending: list[Touchpoint] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
-        return self._as_dict(Touchpoint.to_dict)
-
-    def _as_dict(self, event: Callable[[Touchpoint], Any]) -> dict[str, Any]:
-        """The state as plain data, each pending and journal event as ``event(tp)``."""
         return {
             "key": self.key,
             "customer_id": self.customer_id,
@@ -258,8 +249,8 @@ class JourneyState:
             "linked": self.linked,
             "settled_until": self.settled_until,
             "seen_ids": self.seen_ids,
-            "pending": [event(tp) for tp in self.pending],
-            "journal": [event(tp) for tp in self.journal],
+            "pending": [tp.to_dict() for tp in self.pending],
+            "journal": [tp.to_dict() for tp in self.journal],
             "journal_truncated": self.journal_truncated,
         }
 
@@ -316,9 +307,7 @@ class JourneyState:
         )
 
     def dumps(self) -> bytes:
-        """The table value. Pending and journal events, most of a state's bytes,
-        are written from their kept encoding (:func:`stream.contract.encoded`)."""
-        return orjson.dumps(self._as_dict(_encoded_fragment))
+        return orjson.dumps(self.to_dict())
 
     @classmethod
     def loads(cls, raw: bytes) -> JourneyState:

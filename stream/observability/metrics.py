@@ -8,9 +8,6 @@ worker actively owns, so the sum over workers is the population.
 
 from __future__ import annotations
 
-from bisect import bisect_left
-from collections.abc import Iterable
-
 from prometheus_client import Counter, Gauge, Histogram
 
 from stream.contract import KNOWN_TYPES, Touchpoint
@@ -175,26 +172,3 @@ DISPATCH_SCHEDULED = Gauge(
     "journey_dispatch_scheduled",
     "Follow-ups waiting in the quiet-hours schedule (Redis sorted set).",
 )
-
-
-def observe_many(histogram: Histogram, values: Iterable[float]) -> None:
-    """``histogram.observe(v)`` for every value: the same buckets, count and sum,
-    with one increment per bucket touched instead of one per value (ingest
-    observes every event's lag). Falls back to ``observe`` on a client whose
-    histogram internals differ."""
-    bounds = getattr(histogram, "_upper_bounds", None)
-    buckets = getattr(histogram, "_buckets", None)
-    total = getattr(histogram, "_sum", None)
-    if bounds is None or buckets is None or total is None or len(bounds) != len(buckets):
-        for value in values:
-            histogram.observe(value)
-        return
-    counts = [0] * len(bounds)
-    amount = 0.0
-    for value in values:
-        counts[bisect_left(bounds, value)] += 1  # the first bucket with value <= bound
-        amount += value
-    total.inc(amount)
-    for i, n in enumerate(counts):
-        if n:
-            buckets[i].inc(n)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from dataclasses import replace
 from typing import Any
 
 import orjson
@@ -415,33 +414,6 @@ def test_groups_round_trip() -> None:
     raw = contract.dumps_groups([("anon:anon-1", [a]), ("c", [b])])
     assert contract.loads_groups(raw) == [("anon:anon-1", [a]), ("c", [b])]
     assert [parse(d) for d in orjson.loads(contract.dumps_many([a, b]))] == [a, b]
-
-
-def test_a_touchpoint_is_encoded_once_and_the_kept_bytes_are_not_part_of_it() -> None:
-    tp = parse(event(properties={"sku": "A1", "price": 9.5, "tags": ["x"]}))
-    raw = contract.encoded(tp)
-    assert contract.from_trusted(orjson.loads(raw)) == tp
-    assert contract.encoded(tp) is raw
-    fresh = parse(event(properties={"sku": "A1", "price": 9.5, "tags": ["x"]}))
-    assert tp == fresh
-    assert "_json" not in orjson.loads(orjson.dumps(tp)) and "_json" not in repr(tp)
-    moved = replace(tp, channel="pos")
-    assert contract.from_trusted(orjson.loads(contract.encoded(moved))).channel == "pos"
-
-
-def test_a_state_is_written_from_its_events_kept_encoding_and_reads_back_equal() -> None:
-    from stream.journey.state import JourneyState
-
-    events = [parse(event(event_id=f"e-{i}", timestamp=1_700_000_000_000 + i)) for i in range(3)]
-    state = JourneyState(key="anon:anon-1", events=2, pending=events[1:], journal=events[:1])
-    for tp in events:
-        contract.encoded(tp)
-    raw = state.dumps()
-    assert JourneyState.loads(raw) == state
-    assert JourneyState.from_dict(state.to_dict()) == state
-    stored = orjson.loads(raw)
-    assert [contract.from_trusted(d) for d in stored["pending"]] == events[1:]
-    assert stored["journal"] == [orjson.loads(contract.encoded(events[0]))]
 
 
 def test_marks_and_packed_groups_are_told_apart() -> None:

@@ -15,6 +15,7 @@ from dataclasses import replace
 from pathlib import Path
 
 import faust
+import pytest
 
 from stream.app import declare_topics, faust_app
 from stream.ingest.agent import register_ingest
@@ -60,3 +61,25 @@ async def test_the_consumer_polls_at_most_500_records_by_default(tmp_path: Path)
 
 async def test_the_configured_poll_size_reaches_the_consumer(tmp_path: Path) -> None:
     assert max_poll_records(worker_app(tmp_path, max_poll_records=64)) == 64
+
+
+def compression_type(app: faust.App) -> str | None:
+    app.finalize()
+    producer = app.producer._new_producer()  # type: ignore[attr-defined]
+    return producer._compression_type  # type: ignore[no-any-return]
+
+
+async def test_the_worker_compresses_what_it_produces_with_zstd_by_default(tmp_path: Path) -> None:
+    from aiokafka.codec import has_zstd
+    from kafka.codec import has_zstd as kafka_python_has_zstd
+
+    assert compression_type(worker_app(tmp_path)) == "zstd"
+    # Both clients can read it: aiokafka (dispatcher, workers) and kafka-python.
+    assert has_zstd() and kafka_python_has_zstd()
+
+
+async def test_compression_can_be_turned_off_and_a_wrong_name_is_refused(tmp_path: Path) -> None:
+    assert compression_type(worker_app(tmp_path / "a", compression="none")) is None
+    assert compression_type(worker_app(tmp_path / "b", compression="lz4")) == "lz4"
+    with pytest.raises(ValueError, match=r"worker\.compression"):
+        worker_app(tmp_path / "c", compression="brotli")
