@@ -28,6 +28,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import math
 import os
 import platform
 import subprocess
@@ -131,7 +132,9 @@ def run_pipeline(
             ms = [metrics(url) for _, url, _ in procs]
             for i, m in enumerate(ms):
                 if i not in first and m.get("journey_events_applied_total", 0) > 0:
-                    first[i] = (m["process_cpu_seconds_total"], m["journey_events_applied_total"])
+                    # The client's process collector reports CPU on Linux only.
+                    cpu0 = m.get("process_cpu_seconds_total", float("nan"))
+                    first[i] = (cpu0, m["journey_events_applied_total"])
                     if broker_cpu_start is None and broker_pid is not None:
                         broker_cpu_start = process_cpu_seconds(broker_pid)
             applied = sum(m.get("journey_events_applied_total", 0) for m in ms)
@@ -149,7 +152,9 @@ def run_pipeline(
         )
         # CPU per event, from each worker's first poll with events applied to the
         # last (a figure machines' load moves less than events/s; polls 0.5 s apart).
-        cpu = sum(ms[i]["process_cpu_seconds_total"] - c for i, (c, _) in first.items())
+        cpu = sum(
+            ms[i].get("process_cpu_seconds_total", float("nan")) - c for i, (c, _) in first.items()
+        )
         counted = sum(ms[i]["journey_events_applied_total"] - a for i, (_, a) in first.items())
         broker_cpu = None
         if broker_cpu_start is not None and broker_pid is not None:
@@ -166,7 +171,9 @@ def run_pipeline(
             "identity_links_unanswered": sum(
                 m.get("journey_identity_links_unanswered_total", 0) for m in ms
             ),
-            "worker_cpu_us_per_event": round(cpu / counted * 1e6, 1) if counted else None,
+            "worker_cpu_us_per_event": (
+                round(cpu / counted * 1e6, 1) if counted and not math.isnan(cpu) else None
+            ),
             "broker_cpu_us_per_event": (
                 round(broker_cpu / counted * 1e6, 1) if broker_cpu is not None and counted else None
             ),

@@ -125,7 +125,10 @@ def faust_app(
     )
 
 
-COMPRESSION_TYPES = ("zstd", "lz4", "gzip", "none")
+#: Codecs both Kafka clients here read with the installed libraries (aiokafka
+#: through cramjam, kafka-python, which ``stream.topics.read_topic`` uses,
+#: through zstandard and the standard library).
+COMPRESSION_TYPES = ("zstd", "gzip", "none")
 
 
 def producer_compression(name: str) -> str | None:

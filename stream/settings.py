@@ -145,7 +145,7 @@ class WorkerSettings:
     #: back the journey agent's and the links agent's records behind it.
     max_poll_records: int = 500
     #: Compression of every record the worker produces (``touchpoints.resolved``,
-    #: changelogs, transitions, triggers): ``zstd`` (default), ``lz4``, ``gzip`` or
+    #: changelogs, transitions, triggers): ``zstd`` (default), ``gzip`` or
     #: ``none``. Journey states are repetitive JSON: zstd shrank a batch of them
     #: 21x in a probe and about halved the broker's work (see README "Throughput").
     compression: str = "zstd"

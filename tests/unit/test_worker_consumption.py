@@ -80,6 +80,6 @@ async def test_the_worker_compresses_what_it_produces_with_zstd_by_default(tmp_p
 
 async def test_compression_can_be_turned_off_and_a_wrong_name_is_refused(tmp_path: Path) -> None:
     assert compression_type(worker_app(tmp_path / "a", compression="none")) is None
-    assert compression_type(worker_app(tmp_path / "b", compression="lz4")) == "lz4"
+    assert compression_type(worker_app(tmp_path / "b", compression="gzip")) == "gzip"
     with pytest.raises(ValueError, match=r"worker\.compression"):
-        worker_app(tmp_path / "c", compression="brotli")
+        worker_app(tmp_path / "c", compression="lz4")
