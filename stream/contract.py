@@ -21,7 +21,7 @@ import math
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, TypeVar
 
 import orjson
 
@@ -68,6 +68,8 @@ MAX_ID_LENGTH = 256
 #: message.max.bytes are about 1 MB.
 MAX_PACKED_BYTES = 512 * 1024
 MAX_EVENT_BYTES = 32 * 1024
+
+_T = TypeVar("_T")
 
 
 class InvalidTouchpoint(ValueError):
@@ -430,17 +432,27 @@ def pack_groups_with(
 ) -> Iterator[tuple[bytes, list[tuple[str, list[Touchpoint]]]]]:
     """:func:`pack_groups`, each value with the groups it holds (what
     :func:`loads_groups` of it returns)."""
+    parts = (
+        (part, (key, chunk))
+        for key, tps in groups
+        for part, chunk in _group_parts(key, list(tps), max_bytes)
+    )
+    return _pack(parts, max_bytes)
+
+
+def _pack(items: Iterable[tuple[bytes, _T]], max_bytes: int) -> Iterator[tuple[bytes, list[_T]]]:
+    """JSON arrays of the encoded items, in order, each at most ``max_bytes``
+    (an item larger on its own goes alone), each with what its items carry."""
     parts: list[bytes] = []
-    held: list[tuple[str, list[Touchpoint]]] = []
+    held: list[_T] = []
     size = 2
-    for key, tps in groups:
-        for part, chunk in _group_parts(key, list(tps), max_bytes):
-            if parts and size + len(part) + 1 > max_bytes:
-                yield b"[" + b",".join(parts) + b"]", held
-                parts, held, size = [], [], 2
-            parts.append(part)
-            held.append((key, chunk))
-            size += len(part) + 1
+    for part, payload in items:
+        if parts and size + len(part) + 1 > max_bytes:
+            yield b"[" + b",".join(parts) + b"]", held
+            parts, held, size = [], [], 2
+        parts.append(part)
+        held.append(payload)
+        size += len(part) + 1
     if parts:
         yield b"[" + b",".join(parts) + b"]", held
 
@@ -463,16 +475,8 @@ def pack_arrays(items: Iterable[bytes], max_bytes: int = MAX_PACKED_BYTES) -> It
     output in one message would pass the producer's request limit and stop
     the agent.
     """
-    parts: list[bytes] = []
-    size = 2
-    for item in items:
-        if parts and size + len(item) + 1 > max_bytes:
-            yield b"[" + b",".join(parts) + b"]"
-            parts, size = [], 2
-        parts.append(item)
-        size += len(item) + 1
-    if parts:
-        yield b"[" + b",".join(parts) + b"]"
+    for value, _ in _pack(((item, None) for item in items), max_bytes):
+        yield value
 
 
 def dumps_mark(source: int, mark: int) -> bytes:
