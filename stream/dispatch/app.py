@@ -131,6 +131,13 @@ def build_dispatcher_app(settings: Settings) -> faust.App:
         outbox,
     )
 
+    async def close_end_offsets(sender: Any, /, *args: Any, signal: Any, **kwargs: Any) -> None:
+        # Its consumer is started on the first purchase re-check; unclosed, aiokafka
+        # logs an error at every shutdown. The agents have stopped reading by now.
+        await end_offsets.close()
+
+    app.on_before_shutdown.connect(close_end_offsets)
+
     @app.agent(triggers, name="dispatch")
     async def dispatch(stream: faust.StreamT) -> None:
         async for event in stream.events():

@@ -301,6 +301,8 @@ def test_quiet_hours_delay_then_send_after_a_restart(
     finally:
         first.stop()
     assert smtp.received() == []
+    # Every Kafka client is closed on the way out (aiokafka logs the ones that are not).
+    assert "Unclosed" not in first.log_path.read_text(errors="replace")
     client = redis.Redis.from_url(env.redis.url)
     assert client.zscore(f"{env.dispatch.key_prefix}schedule", t.trigger_id) is not None
 
@@ -313,6 +315,7 @@ def test_quiet_hours_delay_then_send_after_a_restart(
     finally:
         second.stop()
         kafka.close()
+    assert "Unclosed" not in second.log_path.read_text(errors="replace")
     final = [r["outcome"] for r in records if r["outcome"] != "deduplicated"]
     assert final == ["delayed_quiet_hours", "sent"]
     sent = next(r for r in records if r["outcome"] == "sent")
