@@ -575,33 +575,6 @@ def all_topic_partitions(settings: Settings) -> dict[str, int]:
     return {name: t.partitions for name in names}
 
 
-async def reread_uncommitted(app: Any, topics: set[str]) -> list[Any]:
-    """Seek assigned partitions of ``topics`` the group never committed to their beginning.
-
-    Faust seeks stream partitions to their committed offsets when a rebalance
-    completes, and aiokafka leaves a partition without one (or at 0) where its
-    fetch position happens to be. Records fetched for it while the worker was
-    rebalancing or recovering and never handed to an agent are then skipped
-    for good: a worker taking over from one killed before its first commit
-    was seen stopping at the end of such a partition, 319 records read and
-    none processed (the group's auto reset is "earliest"; this makes it so).
-    Returns the partitions it re-read.
-    """
-    consumer = app.consumer
-    assigned = {tp for tp in consumer.assignment() if tp.topic in topics}
-    if not assigned:
-        return []
-    # The same seeks Faust makes right after this; its answer tells the uncommitted apart.
-    committed = await consumer.seek_to_committed()
-    fresh = sorted(tp for tp in assigned if not committed.get(tp))
-    if fresh:
-        earliest = await consumer.earliest_offsets(*fresh)
-        for tp in fresh:
-            await consumer.seek(tp, earliest[tp])
-        log.info("no committed offset; reading from the beginning: %s", fresh)
-    return fresh
-
-
 def build_worker_app(settings: Settings, **kwargs: Any) -> faust.App:
     """The worker's Faust app with every agent of the pipeline registered."""
     from stream.ingest.agent import register_ingest
@@ -611,14 +584,6 @@ def build_worker_app(settings: Settings, **kwargs: Any) -> faust.App:
     topics = declare_topics(app, settings)
     shell = register_journey(app, settings, topics)
     register_ingest(app, settings, topics, shell)
-    t = settings.topics
-    inputs = {t.touchpoints, t.links, t.resolved, t.timers}
-
-    async def after_rebalance(sender: Any, /, *args: Any, signal: Any, **kw: Any) -> None:
-        # Sent when recovery completes, before Faust seeks to committed offsets.
-        await reread_uncommitted(app, inputs)
-
-    app.on_rebalance_complete.connect(after_rebalance)
     from faust.sensors.prometheus import setup_prometheus_sensors
 
     setup_prometheus_sensors(app, name_prefix="faust")
