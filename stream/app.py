@@ -94,6 +94,7 @@ def faust_app(
     flush_waits_for_buffer()
     consumer_fetch_max_wait(w.fetch_max_wait_ms)
     rocksdb_without_wal()
+    seek_uncommitted_to_beginning()
     return faust.App(
         w.app_id,
         broker=",".join(f"kafka://{h}" for h in b.bootstrap.split(",")),
@@ -233,6 +234,46 @@ def consumer_fetch_max_wait(ms: int) -> None:
         return consumer
 
     driver.AIOKafkaConsumerThread._create_worker_consumer = _create_worker_consumer  # type: ignore[method-assign]
+
+
+def seek_uncommitted_to_beginning() -> None:
+    """Make Faust's "seek to committed offsets" rewind partitions without a commit too.
+
+    Faust drops records it has fetched but not yet handed to an agent when a
+    rebalance stops its flow (``Consumer.getmany``: "Seek back to committed
+    offsets"), and after every recovery it seeks all partitions to their
+    committed offsets (``perform_seek``), resetting its own read offsets to
+    them (None where there is no commit). aiokafka's ``seek_to_committed``
+    seeks only offsets above 0, so a partition the group never committed (or
+    committed at 0) stayed where the dropped fetch had left it: a worker
+    taking over from one killed before its first commit was seen stopped at
+    the end of such a partition, 319 records fetched and none processed.
+    Patched, those partitions go back to their beginning, which is where the
+    group's ``auto_offset_reset = "earliest"`` starts them and where Faust's
+    read offsets (None) say they are. Changelog partitions are left alone:
+    recovery seeks them itself, to the offsets the stores persisted.
+    """
+    from faust.transport.drivers import aiokafka as driver
+
+    thread = driver.AIOKafkaConsumerThread
+    if getattr(thread.seek_to_committed, "_rewinds_uncommitted", False):
+        return
+
+    async def seek(self: Any) -> Any:
+        consumer = self._ensure_consumer()
+        committed = await consumer.seek_to_committed()
+        changelogs = self.consumer.app.tables.changelog_topics
+        fresh = [tp for tp, offset in committed.items() if not offset and tp.topic not in changelogs]
+        if fresh:
+            await consumer.seek_to_beginning(*fresh)
+            log.info("no committed offset; reading from the beginning: %s", sorted(fresh))
+        return committed
+
+    async def seek_to_committed(self: Any) -> Any:
+        return await self.call_thread(seek, self)
+
+    seek_to_committed._rewinds_uncommitted = True  # type: ignore[attr-defined]
+    thread.seek_to_committed = seek_to_committed  # type: ignore[method-assign]
 
 
 def rocksdb_without_wal() -> None:

@@ -84,6 +84,9 @@ def register_ingest(app: faust.App, settings: Settings, topics: Any, shell: Any)
     handoff: Handoff | None = shell.handoff
     recent = RecentIds(settings.worker.dedupe_capacity)
     links_sent = RecentIds(settings.worker.dedupe_capacity)
+    #: Merges sent by this process: once per link, and again after a restart,
+    #: when a link read again may be one whose merge a killed worker never sent.
+    merges_sent = RecentIds(settings.worker.dedupe_capacity)
     identities = app.Table(
         "identity",
         default=None,
@@ -171,7 +174,8 @@ def register_ingest(app: faust.App, settings: Settings, topics: Any, shell: Any)
                     )
                     m.IDENTITY_LINKS.inc()
                 for orphan, merge in res.merges:
-                    by_key[orphan].append(merge)
+                    if not merges_sent.seen(merge.event_id):
+                        by_key[orphan].append(merge)
                 for alias, link in res.links:
                     if not links_sent.seen(link.event_id):
                         links_out[home_partition(alias)].append(link)

@@ -70,8 +70,11 @@ def resolve(tp: Touchpoint, lookup: Callable[[str], str | None]) -> Resolution:
         linked = lookup(key)
         return Resolution(journey_key=linked or orphan_key(key))
     res = Resolution(journey_key=customer)
-    if key != customer and lookup(key) != customer:
-        res.record = (key, customer)
+    if key != customer:
+        if lookup(key) != customer:
+            res.record = (key, customer)
+        # Also when the link is on record: its merge may not have left before
+        # a crash (the caller sends each merge once per process, as links).
         res.merges.append((orphan_key(key), _merge(tp, key, customer)))
     for alias in alias_ids(tp):
         if alias != key:

@@ -401,6 +401,9 @@ class JourneyShell:
         state = self.load(key)
         before = counted_stage(state)
         if state is not None and state.merged_into is not None:
+            for tp in tps:
+                if tp.type == MERGE:
+                    self.merge_again(state, tp)
             self.forward(state.merged_into, [tp for tp in tps if tp.type != MERGE])
             return []
         fresh = state is None
@@ -414,8 +417,9 @@ class JourneyShell:
                 into, alias = str(tp.properties["into"]), str(tp.properties["alias"])
                 if state.events or state.pending:
                     self.merge_out(state, into, alias, tp.timestamp)
+                    # Pending events stay: they went with the journey, and go
+                    # again if the merge is asked for again (see merge_again).
                     state.merged_into = into
-                    state.pending = []
                     m.IDENTITY_MERGES.inc()
                 else:
                     self.merge_out(None, into, alias, tp.timestamp)  # just the ack
@@ -511,6 +515,22 @@ class JourneyShell:
         self.save(partition, state, before)
         observe_time_in_stage(state, out)
         return out
+
+    def merge_again(self, state: JourneyState, tp: Touchpoint) -> None:
+        """Answer a merge this journey already made (the link was read again).
+
+        A worker can die after saving an orphan journey as merged but before
+        its ``merge_in`` left; the link, not yet committed, is then read again
+        by the next owner, and the customer's journey still waits for the
+        answer. So the journey goes again as it went (the customer's journey
+        takes each alias in once), and a link to another customer is answered
+        with an acknowledgement.
+        """
+        into, alias = str(tp.properties["into"]), str(tp.properties["alias"])
+        if into == state.merged_into:
+            self.merge_out(replace(state, merged_into=None), into, alias, tp.timestamp)
+        else:
+            self.merge_out(None, into, alias, tp.timestamp)
 
     def merge_out(self, state: JourneyState | None, into: str, alias: str, at: int) -> None:
         """Pass on an orphan journey (or, with None, only the link's acknowledgement)."""
