@@ -236,6 +236,20 @@ def consumer_fetch_max_wait(ms: int) -> None:
     driver.AIOKafkaConsumerThread._create_worker_consumer = _create_worker_consumer  # type: ignore[method-assign]
 
 
+async def rewind_to_committed(consumer: Any, changelogs: Any) -> dict[Any, int | None]:
+    """Seek an aiokafka consumer's partitions to their committed offsets, the
+    uncommitted ones (but those of ``changelogs``) to their beginning.
+
+    Returns the committed offsets, as aiokafka's ``seek_to_committed`` does.
+    """
+    committed: dict[Any, int | None] = await consumer.seek_to_committed()
+    fresh = [tp for tp, offset in committed.items() if not offset and tp.topic not in changelogs]
+    if fresh:
+        await consumer.seek_to_beginning(*fresh)
+        log.info("no committed offset; reading from the beginning: %s", sorted(fresh))
+    return committed
+
+
 def seek_uncommitted_to_beginning() -> None:
     """Make Faust's "seek to committed offsets" rewind partitions without a commit too.
 
@@ -259,18 +273,9 @@ def seek_uncommitted_to_beginning() -> None:
     if getattr(thread.seek_to_committed, "_rewinds_uncommitted", False):
         return
 
-    async def seek(self: Any) -> Any:
-        consumer = self._ensure_consumer()
-        committed = await consumer.seek_to_committed()
-        changelogs = self.consumer.app.tables.changelog_topics
-        fresh = [tp for tp, offset in committed.items() if not offset and tp.topic not in changelogs]
-        if fresh:
-            await consumer.seek_to_beginning(*fresh)
-            log.info("no committed offset; reading from the beginning: %s", sorted(fresh))
-        return committed
-
     async def seek_to_committed(self: Any) -> Any:
-        return await self.call_thread(seek, self)
+        changelogs = self.consumer.app.tables.changelog_topics
+        return await self.call_thread(rewind_to_committed, self._ensure_consumer(), changelogs)
 
     seek_to_committed._rewinds_uncommitted = True  # type: ignore[attr-defined]
     thread.seek_to_committed = seek_to_committed  # type: ignore[method-assign]

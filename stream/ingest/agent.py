@@ -83,10 +83,14 @@ def register_ingest(app: faust.App, settings: Settings, topics: Any, shell: Any)
     processed: dict[Any, int] = shell.processed
     handoff: Handoff | None = shell.handoff
     recent = RecentIds(settings.worker.dedupe_capacity)
-    links_sent = RecentIds(settings.worker.dedupe_capacity)
-    #: Merges sent by this process: once per link, and again after a restart,
-    #: when a link read again may be one whose merge a killed worker never sent.
-    merges_sent = RecentIds(settings.worker.dedupe_capacity)
+    #: Ids of the merge and link messages this process sent: each goes once per
+    #: process, and again after a restart (a link read again may be one whose
+    #: messages a killed worker never sent).
+    sent = RecentIds(settings.worker.dedupe_capacity)
+
+    def unsent(message_id: str) -> bool:
+        return not sent.seen(message_id)
+
     identities = app.Table(
         "identity",
         default=None,
@@ -166,7 +170,7 @@ def register_ingest(app: faust.App, settings: Settings, topics: Any, shell: Any)
                 if recent.seen(item.event_id):
                     m.DUPLICATES.inc()
                     continue
-                res = resolve(item, lookup)
+                res = resolve(item, lookup, unsent)
                 if res.record is not None:
                     alias, customer = res.record
                     records[source] = await write_raw(
@@ -174,11 +178,9 @@ def register_ingest(app: faust.App, settings: Settings, topics: Any, shell: Any)
                     )
                     m.IDENTITY_LINKS.inc()
                 for orphan, merge in res.merges:
-                    if not merges_sent.seen(merge.event_id):
-                        by_key[orphan].append(merge)
+                    by_key[orphan].append(merge)
                 for alias, link in res.links:
-                    if not links_sent.seen(link.event_id):
-                        links_out[home_partition(alias)].append(link)
+                    links_out[home_partition(alias)].append(link)
                 if not from_links and item.timestamp > newest[source]:
                     newest[source] = item.timestamp
                 if item.source == contract.INTERNAL_SOURCE:

@@ -48,11 +48,22 @@ class Resolution:
     links: list[tuple[str, Touchpoint]] = field(default_factory=list)
 
 
-def resolve(tp: Touchpoint, lookup: Callable[[str], str | None]) -> Resolution:
+def _always(message_id: str) -> bool:
+    return True
+
+
+def resolve(
+    tp: Touchpoint,
+    lookup: Callable[[str], str | None],
+    unsent: Callable[[str], bool] = _always,
+) -> Resolution:
     """Decide the journey key of ``tp`` and the identity side effects.
 
     ``lookup(raw_key)`` returns the customer an alias owned by this partition is
-    linked to, if any. Pure apart from calling ``lookup``.
+    linked to, if any. ``unsent(message_id)`` says whether the caller still has
+    to send the merge or link message of that id (ingest: once per process;
+    the default, always), so those it sent already are not built again. Pure
+    apart from calling ``lookup`` and ``unsent``.
     """
     key = tp.routing_key
     if tp.type == LINK:
@@ -74,18 +85,27 @@ def resolve(tp: Touchpoint, lookup: Callable[[str], str | None]) -> Resolution:
         if lookup(key) != customer:
             res.record = (key, customer)
         # Also when the link is on record: its merge may not have left before
-        # a crash (the caller sends each merge once per process, as links).
-        res.merges.append((orphan_key(key), _merge(tp, key, customer)))
+        # a crash. Callers send each merge (and link) once per process.
+        if unsent(merge_id(key, customer)):
+            res.merges.append((orphan_key(key), _merge(tp, key, customer)))
     for alias in alias_ids(tp):
-        if alias != key:
+        if alias != key and unsent(link_id(alias, customer)):
             res.links.append((alias, _link(tp, alias, customer)))
     return res
+
+
+def merge_id(alias: str, customer: str) -> str:
+    return f"merge:{alias}:{customer}"
+
+
+def link_id(alias: str, customer: str) -> str:
+    return f"link:{alias}:{customer}"
 
 
 def _merge(tp: Touchpoint, alias: str, customer: str) -> Touchpoint:
     return internal_touchpoint(
         MERGE,
-        f"merge:{alias}:{customer}",
+        merge_id(alias, customer),
         tp.timestamp,
         anonymous_id=alias,
         properties={"into": customer, "alias": alias},
@@ -95,7 +115,7 @@ def _merge(tp: Touchpoint, alias: str, customer: str) -> Touchpoint:
 def _link(tp: Touchpoint, alias: str, customer: str) -> Touchpoint:
     return internal_touchpoint(
         LINK,
-        f"link:{alias}:{customer}",
+        link_id(alias, customer),
         tp.timestamp,
         anonymous_id=alias,
         properties={"customer_id": customer},

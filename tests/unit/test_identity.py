@@ -91,9 +91,11 @@ def test_a_second_identical_identify_records_nothing_and_repeats_the_same_merge(
     assert again.record is None
     # The same merge (same id, so ingest sends it once per process): a worker
     # killed after recording the link may never have sent the first one.
-    assert [(k, m.event_id) for k, m in again.merges] == [
-        (k, m.event_id) for k, m in first.merges
-    ] == [("anon:dev-1", "merge:dev-1:c-1")]
+    assert (
+        [(k, m.event_id) for k, m in again.merges]
+        == [(k, m.event_id) for k, m in first.merges]
+        == [("anon:dev-1", "merge:dev-1:c-1")]
+    )
 
 
 def test_identify_as_another_customer_relinks() -> None:
@@ -123,6 +125,29 @@ def test_loyalty_and_email_become_link_messages() -> None:
         assert link.routing_key == key
         assert link.properties == {"customer_id": "c-1"}
         assert link.event_id == f"link:{key}:c-1"
+
+
+def test_merges_and_links_already_sent_are_not_built_again() -> None:
+    sent = RecentIds(10)
+
+    def unsent(message_id: str) -> bool:
+        return not sent.seen(message_id)
+
+    event = tp("e1", "identify", customer="c-1", anon="dev-1", loyalty_id="L-7")
+    first = resolve(event, table(), unsent)
+    assert [m.event_id for _, m in first.merges] == ["merge:dev-1:c-1"]
+    assert [link.event_id for _, link in first.links] == ["link:loyalty:L-7:c-1"]
+    again = resolve(
+        tp("e2", "page", T0 + 1, customer="c-1", anon="dev-1", loyalty_id="L-7"),
+        table(**{"dev-1": "c-1"}),
+        unsent,
+    )
+    assert (again.journey_key, again.record, again.merges, again.links) == ("c-1", None, [], [])
+    # Another process (empty memory) sends them again.
+    restarted = RecentIds(10)
+    fresh = resolve(event, table(**{"dev-1": "c-1"}), lambda i: not restarted.seen(i))
+    assert [m.event_id for _, m in fresh.merges] == ["merge:dev-1:c-1"]
+    assert len(fresh.links) == 1
 
 
 def test_pos_sale_with_customer_and_loyalty_links_the_card() -> None:
