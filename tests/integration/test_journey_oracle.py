@@ -22,6 +22,7 @@ from stream.app import all_topic_partitions
 from stream.journey.api import combine, funnel_figures
 from stream.journey.model import journey_model
 from stream.journey.replay import run_oracle
+from stream.journey.state import JourneyState
 from stream.settings import Settings
 from stream.topics import create_topics
 from tests.helpers import read_topic, wait_for
@@ -118,6 +119,41 @@ def wait_settled(
         ) from None
 
 
+def explain(settings: Settings, keys: list[str]) -> str:
+    """What the topics hold for these journeys, for a failure message.
+
+    Each event forwarded to the journey (``touchpoints.resolved``, with its
+    offset) and each state saved (the journeys changelog): enough to tell an
+    event never forwarded from a state that recovery did not read.
+    """
+    bootstrap = settings.broker.bootstrap
+    resolved = read_topic(bootstrap, settings.topics.resolved, timeout_s=30)
+    changelog = read_topic(bootstrap, f"{settings.worker.app_id}-journeys-changelog", timeout_s=30)
+    lines = []
+    for key in keys[:3]:
+        lines.append(f"-- {key}")
+        for r in resolved:
+            if not r.value or contract.loads_mark(r.value) is not None:
+                continue
+            for k, tps in contract.loads_groups(r.value):
+                if k == key:
+                    ids = ", ".join(f"{tp.event_id} {tp.type} @{tp.timestamp}" for tp in tps)
+                    lines.append(f"resolved {r.partition}@{r.offset}: {ids}")
+        for r in changelog:
+            if r.key == key.encode():
+                st = JourneyState.loads(r.value) if r.value else None
+                what = (
+                    "deleted"
+                    if st is None
+                    else (
+                        f"stage={st.stage} events={st.events} merged_into={st.merged_into} "
+                        f"pending={[tp.event_id for tp in st.pending]}"
+                    )
+                )
+                lines.append(f"changelog {r.partition}@{r.offset}: {what}")
+    return "\n".join(lines)
+
+
 def comparable(state: dict) -> dict:
     # merged_from is left out: whether a loyalty card's sale met the link first or
     # became a small journey merged later depends on arrival order; the result does not.
@@ -125,7 +161,7 @@ def comparable(state: dict) -> dict:
     return {k: state[k] for k in keep}
 
 
-def assert_states_equal(worker: Worker, oracle: Any) -> None:
+def assert_states_equal(worker: Worker, oracle: Any, settings: Settings | None = None) -> None:
     mismatches = []
     for state in oracle.final_states():
         status, body = http_get(f"{worker.url}/customers/{state.key}/journey")
@@ -134,7 +170,9 @@ def assert_states_equal(worker: Worker, oracle: Any) -> None:
             mismatches.append(
                 (state.key, status, body if status != 200 else comparable(body), want)
             )
-    assert not mismatches, f"{len(mismatches)} journeys differ, first: {mismatches[0]}"
+    assert not mismatches, f"{len(mismatches)} journeys differ, first: {mismatches[0]}" + (
+        "\n" + explain(settings, [k for k, *_ in mismatches]) if settings is not None else ""
+    )
 
 
 def test_stream_equals_oracle(journey_settings: Settings, tmp_path: Path) -> None:
@@ -215,8 +253,9 @@ def test_worker_killed_mid_stream_recovers_from_changelog(
         second.start().wait_ready()
         expected = oracle_transitions(oracle)
         got = wait_settled(second, fresh, expected, timeout=240)
-        assert got == expected
-        assert_states_equal(second, oracle)
+        differ = sorted({t[0] for t in got ^ expected})
+        assert got == expected, explain(fresh, differ)
+        assert_states_equal(second, oracle, fresh)
         # At least once on the topic (a crash may re-emit), and the same set as the oracle.
         want_triggers = set(oracle_triggers(oracle))
         triggers = wait_for(
