@@ -19,6 +19,7 @@ import pytest
 from loadtest import simulator
 from stream import contract
 from stream.app import all_topic_partitions
+from stream.ingest.identity import orphan_key
 from stream.journey.api import combine, funnel_figures
 from stream.journey.model import journey_model
 from stream.journey.replay import run_oracle
@@ -122,23 +123,40 @@ def wait_settled(
 def explain(settings: Settings, keys: list[str]) -> str:
     """What the topics hold for these journeys, for a failure message.
 
-    Each event forwarded to the journey (``touchpoints.resolved``, with its
-    offset) and each state saved (the journeys changelog): enough to tell an
-    event never forwarded from a state that recovery did not read.
+    For each journey and the orphan journeys merged into it: the input
+    messages carrying its events (``touchpoints``), each event forwarded to it
+    (``touchpoints.resolved``) and each state saved (the journeys changelog),
+    all with their offsets: enough to tell an event never read or never
+    forwarded from a state that recovery did not read.
     """
     bootstrap = settings.broker.bootstrap
-    resolved = read_topic(bootstrap, settings.topics.resolved, timeout_s=30)
+    resolved = [
+        (r, contract.loads_groups(r.value))
+        for r in read_topic(bootstrap, settings.topics.resolved, timeout_s=30)
+        if r.value and contract.loads_mark(r.value) is None
+    ]
     changelog = read_topic(bootstrap, f"{settings.worker.app_id}-journeys-changelog", timeout_s=30)
-    lines = []
-    for key in keys[:3]:
+    inputs = read_topic(bootstrap, settings.topics.touchpoints, timeout_s=30)
+    todo, done, lines = list(keys[:3]), set(), []
+    while todo:
+        key = todo.pop(0)
+        if key in done:
+            continue
+        done.add(key)
         lines.append(f"-- {key}")
-        for r in resolved:
-            if not r.value or contract.loads_mark(r.value) is not None:
-                continue
-            for k, tps in contract.loads_groups(r.value):
-                if k == key:
-                    ids = ", ".join(f"{tp.event_id} {tp.type} @{tp.timestamp}" for tp in tps)
-                    lines.append(f"resolved {r.partition}@{r.offset}: {ids}")
+        ids: set[str] = set()
+        for r, groups in resolved:
+            for k, tps in groups:
+                if k != key:
+                    continue
+                ids.update(tp.event_id for tp in tps)
+                lines.append(
+                    f"resolved {r.partition}@{r.offset}: "
+                    + ", ".join(f"{tp.event_id} {tp.type} @{tp.timestamp}" for tp in tps)
+                )
+                todo.extend(
+                    orphan_key(str(tp.properties["alias"])) for tp in tps if tp.type == "merge_in"
+                )
         for r in changelog:
             if r.key == key.encode():
                 st = JourneyState.loads(r.value) if r.value else None
@@ -151,6 +169,16 @@ def explain(settings: Settings, keys: list[str]) -> str:
                     )
                 )
                 lines.append(f"changelog {r.partition}@{r.offset}: {what}")
+        raw = key.removeprefix("anon:")
+        for r in inputs:
+            got = [
+                tp.event_id
+                for tp in contract.decode_message(r.value or b"")
+                if isinstance(tp, contract.Touchpoint)
+                and (tp.event_id in ids or tp.routing_key == raw or tp.customer_id == key)
+            ]
+            if got:
+                lines.append(f"touchpoints {r.partition}@{r.offset}: {got}")
     return "\n".join(lines)
 
 
