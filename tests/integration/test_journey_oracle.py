@@ -182,6 +182,26 @@ def explain(settings: Settings, keys: list[str]) -> str:
     return "\n".join(lines)
 
 
+def differing(settings: Settings, got: set[tuple], expected: set[tuple]) -> str:
+    """The journeys whose transitions differ, by journeys partition, and what the topics hold."""
+    keys = sorted({t[0] for t in got ^ expected})
+    partition_of = key_partitions_of(settings)
+    by_partition: dict[int, list[str]] = {}
+    for key in keys:
+        by_partition.setdefault(partition_of(key), []).append(key)
+    counts = {p: len(v) for p, v in sorted(by_partition.items())}
+    return f"{len(keys)} journeys differ, per partition {counts}: {keys[:40]}\n" + explain(
+        settings, keys
+    )
+
+
+def key_partitions_of(settings: Settings) -> Any:
+    from kafka.partitioner.default import murmur2
+
+    n = settings.topics.partitions
+    return lambda key: (murmur2(key.encode()) & 0x7FFFFFFF) % n
+
+
 def comparable(state: dict) -> dict:
     # merged_from is left out: whether a loyalty card's sale met the link first or
     # became a small journey merged later depends on arrival order; the result does not.
@@ -280,9 +300,12 @@ def test_worker_killed_mid_stream_recovers_from_changelog(
     try:
         second.start().wait_ready()
         expected = oracle_transitions(oracle)
-        got = wait_settled(second, fresh, expected, timeout=240)
-        differ = sorted({t[0] for t in got ^ expected})
-        assert got == expected, explain(fresh, differ)
+        try:
+            got = wait_settled(second, fresh, expected, timeout=240)
+        except AssertionError as exc:
+            got = streamed_transitions(fresh)
+            raise AssertionError(f"{exc}\n{differing(fresh, got, expected)}") from None
+        assert got == expected, differing(fresh, got, expected)
         assert_states_equal(second, oracle, fresh)
         # At least once on the topic (a crash may re-emit), and the same set as the oracle.
         want_triggers = set(oracle_triggers(oracle))
