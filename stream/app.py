@@ -95,6 +95,7 @@ def faust_app(
     consumer_fetch_max_wait(w.fetch_max_wait_ms)
     rocksdb_without_wal()
     seek_uncommitted_to_beginning()
+    log_offset_gaps()
     return faust.App(
         w.app_id,
         broker=",".join(f"kafka://{h}" for h in b.bootstrap.split(",")),
@@ -279,6 +280,29 @@ def seek_uncommitted_to_beginning() -> None:
 
     seek_to_committed._rewinds_uncommitted = True  # type: ignore[attr-defined]
     thread.seek_to_committed = seek_to_committed  # type: ignore[method-assign]
+
+
+def log_offset_gaps() -> None:
+    """Log a warning when the worker's consumer meets a hole in a partition's offsets.
+
+    Faust counts offsets it never saw between two records it read as done (a
+    compacted topic, transaction markers), so a commit moves past them. The
+    engine's input topics are neither: a hole there means records the worker
+    skipped, which the warning names.
+    """
+    from faust.transport.consumer import Consumer
+
+    original = Consumer._add_gap
+    if getattr(original, "_logs", False):
+        return
+
+    @functools.wraps(original)
+    async def _add_gap(self: Any, tp: Any, offset_from: int, offset_to: int) -> None:
+        log.warning("%s: offsets %d to %d skipped", tp, offset_from, offset_to - 1)
+        await original(self, tp, offset_from, offset_to)
+
+    _add_gap._logs = True  # type: ignore[attr-defined]
+    Consumer._add_gap = _add_gap  # type: ignore[method-assign]
 
 
 def rocksdb_without_wal() -> None:
