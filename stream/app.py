@@ -95,6 +95,7 @@ def faust_app(
     consumer_fetch_max_wait(w.fetch_max_wait_ms)
     rocksdb_without_wal()
     seek_uncommitted_to_beginning()
+    seek_with_flow_stopped()
     log_offset_gaps()
     return faust.App(
         w.app_id,
@@ -280,6 +281,74 @@ def seek_uncommitted_to_beginning() -> None:
 
     seek_to_committed._rewinds_uncommitted = True  # type: ignore[attr-defined]
     thread.seek_to_committed = seek_to_committed  # type: ignore[method-assign]
+
+
+#: Longest a seek waits for the fetch loop to stop handing out records.
+PARK_TIMEOUT_S = 10.0
+
+
+def seek_with_flow_stopped() -> None:
+    """Make Faust's seek to committed offsets stop the fetch loop first.
+
+    When a rebalance completes, Faust resumes the input partitions, seeks
+    them to their committed offsets and resumes the flow, but the flow is
+    already running then (table recovery turned it on to read changelogs).
+    A fetch made before the seek, from positions that records dropped during
+    the rebalance had moved on, can then be handed out after it: Faust takes
+    the jump for a hole in the partition (counted as done, later committed),
+    and drops the re-fetched records as already read. Seen on the embedded
+    broker under heavy load: a takeover worker skipped a ``touchpoints``
+    partition from offset 748 to 854 and a few dozen journeys lost their
+    first visits. Patched, a seek made while the flow runs stops it, clears
+    the agents' queues of what was fetched before (as Faust does when a
+    rebalance starts), waits until the fetch loop is waiting for the flow
+    again, seeks, then resumes. A seek made with the flow stopped (the fetch
+    loop's own, after a rebalance stopped it) is unchanged.
+    """
+    from faust.transport.consumer import Consumer
+
+    if getattr(Consumer.perform_seek, "_stops_flow", False):
+        return
+    original_seek = Consumer.perform_seek
+    original_wait = Consumer._wait_next_records
+
+    def parked(consumer: Any) -> asyncio.Event:
+        event: asyncio.Event | None = consumer.__dict__.get("_journey_parked")
+        if event is None:
+            event = consumer.__dict__["_journey_parked"] = asyncio.Event()
+        return event
+
+    async def _wait_next_records(self: Any, timeout: float) -> Any:
+        # Entered with the flow stopped: the loop waits for the flow and holds no records.
+        if not self.flow_active:
+            parked(self).set()
+        try:
+            return await original_wait(self, timeout)
+        finally:
+            parked(self).clear()
+
+    async def perform_seek(self: Any) -> None:
+        app = self.app
+        fetcher = app._fetcher
+        if not self.flow_active or not fetcher.started or fetcher.should_stop:
+            await original_seek(self)
+            return
+        self.stop_flow()
+        app.flow_control.suspend()
+        app.flow_control.clear()
+        try:
+            try:
+                await asyncio.wait_for(parked(self).wait(), timeout=PARK_TIMEOUT_S)
+            except TimeoutError:
+                log.warning("fetch loop still busy after %.0f s; seeking anyway", PARK_TIMEOUT_S)
+            await original_seek(self)
+        finally:
+            app.flow_control.resume()
+            self.resume_flow()
+
+    perform_seek._stops_flow = True  # type: ignore[attr-defined]
+    Consumer._wait_next_records = _wait_next_records  # type: ignore[method-assign]
+    Consumer.perform_seek = perform_seek  # type: ignore[method-assign]
 
 
 def log_offset_gaps() -> None:
