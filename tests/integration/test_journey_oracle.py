@@ -137,6 +137,8 @@ def explain(settings: Settings, keys: list[str]) -> str:
     ]
     changelog = read_topic(bootstrap, f"{settings.worker.app_id}-journeys-changelog", timeout_s=30)
     inputs = read_topic(bootstrap, settings.topics.touchpoints, timeout_s=30)
+    links = read_topic(bootstrap, settings.topics.links, timeout_s=30)
+    identity = read_topic(bootstrap, f"{settings.worker.app_id}-identity-changelog", timeout_s=30)
     todo, done, lines = list(keys[:3]), set(), []
     while todo:
         key = todo.pop(0)
@@ -170,6 +172,17 @@ def explain(settings: Settings, keys: list[str]) -> str:
                 )
                 lines.append(f"changelog {r.partition}@{r.offset}: {what}")
         raw = key.removeprefix("anon:")
+        for r in identity:
+            if r.key == raw.encode():
+                lines.append(f"identity {r.partition}@{r.offset}: -> {(r.value or b'').decode()}")
+        for r in links:
+            got = [
+                f"{tp.event_id} @{tp.timestamp}"
+                for tp in contract.decode_message(r.value or b"")
+                if isinstance(tp, contract.Touchpoint) and tp.routing_key == raw
+            ]
+            if got:
+                lines.append(f"links {r.partition}@{r.offset}: {got}")
         for r in inputs:
             got = [
                 tp.event_id
