@@ -356,8 +356,10 @@ def log_offset_gaps() -> None:
 
     Faust counts offsets it never saw between two records it read as done (a
     compacted topic, transaction markers), so a commit moves past them. The
-    engine's input topics are neither: a hole there means records the worker
-    skipped, which the warning names.
+    engine's own producers write no transactions and its topics are not
+    compacted, so a hole there means records the worker skipped, which the
+    warning names (a transactional producer writing to ``touchpoints`` would
+    leave one-offset holes at its commit markers too).
     """
     from faust.transport.consumer import Consumer
 
@@ -367,7 +369,7 @@ def log_offset_gaps() -> None:
 
     @functools.wraps(original)
     async def _add_gap(self: Any, tp: Any, offset_from: int, offset_to: int) -> None:
-        log.warning("%s: offsets %d to %d skipped", tp, offset_from, offset_to - 1)
+        log.warning("%s: offsets %d to %d skipped (never received)", tp, offset_from, offset_to - 1)
         await original(self, tp, offset_from, offset_to)
 
     _add_gap._logs = True  # type: ignore[attr-defined]
