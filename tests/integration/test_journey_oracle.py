@@ -20,10 +20,12 @@ from loadtest import simulator
 from stream import contract
 from stream.app import all_topic_partitions
 from stream.ingest.identity import orphan_key
+from stream.journey.agent import MERGE_IN
 from stream.journey.api import combine, funnel_figures
 from stream.journey.model import journey_model
 from stream.journey.replay import run_oracle
 from stream.journey.state import JourneyState
+from stream.producers.publisher import partition_of
 from stream.settings import Settings
 from stream.topics import create_topics
 from tests.helpers import read_topic, wait_for
@@ -165,7 +167,7 @@ def topic_history(settings: Settings, keys: list[str]) -> str:
                     + ", ".join(f"{tp.event_id} {tp.type} @{tp.timestamp}" for tp in tps)
                 )
                 todo.extend(
-                    orphan_key(str(tp.properties["alias"])) for tp in tps if tp.type == "merge_in"
+                    orphan_key(str(tp.properties["alias"])) for tp in tps if tp.type == MERGE_IN
                 )
         for r in changelog:
             if r.key == key.encode():
@@ -206,21 +208,14 @@ def topic_history(settings: Settings, keys: list[str]) -> str:
 def differing(settings: Settings, got: set[tuple], expected: set[tuple]) -> str:
     """The journeys whose transitions differ, by journeys partition, and what the topics hold."""
     keys = sorted({t[0] for t in got ^ expected})
-    partition_of = key_partitions_of(settings)
+    n = settings.topics.partitions
     by_partition: dict[int, list[str]] = {}
     for key in keys:
-        by_partition.setdefault(partition_of(key), []).append(key)
+        by_partition.setdefault(partition_of(key.encode(), n), []).append(key)
     counts = {p: len(v) for p, v in sorted(by_partition.items())}
     return f"{len(keys)} journeys differ, per partition {counts}: {keys[:40]}\n" + explain(
         settings, keys
     )
-
-
-def key_partitions_of(settings: Settings) -> Any:
-    from kafka.partitioner.default import murmur2
-
-    n = settings.topics.partitions
-    return lambda key: (murmur2(key.encode()) & 0x7FFFFFFF) % n
 
 
 def comparable(state: dict) -> dict:
