@@ -21,7 +21,7 @@ import math
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import Any, TypeVar
+from typing import Any, NamedTuple, TypeVar
 
 import orjson
 
@@ -479,21 +479,50 @@ def pack_arrays(items: Iterable[bytes], max_bytes: int = MAX_PACKED_BYTES) -> It
         yield value
 
 
-def dumps_mark(source: int, mark: int) -> bytes:
-    """A source partition's event-time progress, sent to every journey partition.
+#: Kinds of event-time marks (see ``stream.journey.clock.MergedClock``).
+SOURCE_MARK = "source"
+LINKS_MARK = "links"
 
-    ``touchpoints.resolved`` carries packed groups (a JSON array) and these
-    marks (a JSON object); :func:`loads_mark` tells them apart.
+
+class Mark(NamedTuple):
+    """Event-time progress of one input of the journey partitions.
+
+    ``kind`` ``"source"``: ``touchpoints`` partition ``partition`` forwarded
+    its events up to ``at``. ``"links"``: the ``journey.links`` partition
+    ``partition`` handled the identity links every source sent it up to ``at``
+    (the smallest of the source marks it read after them).
     """
-    return orjson.dumps({"source": source, "mark": mark})
+
+    kind: str
+    partition: int
+    at: int
 
 
-def loads_mark(raw: bytes) -> tuple[int, int] | None:
-    """``(source partition, mark)`` if ``raw`` is a mark, else None."""
+def dumps_mark(partition: int, at: int, kind: str = SOURCE_MARK) -> bytes:
+    """A mark (a JSON object) for ``touchpoints.resolved`` or ``journey.links``.
+
+    Both topics otherwise carry touchpoints (JSON arrays, and on
+    ``journey.links`` also single objects); :func:`loads_mark` tells them apart.
+    """
+    return orjson.dumps({kind: partition, "mark": at})
+
+
+def loads_mark(raw: bytes) -> Mark | None:
+    """The :class:`Mark` in ``raw``, or None if ``raw`` is anything else."""
     if raw[:1] != b"{":
         return None
-    body = orjson.loads(raw)
-    return int(body["source"]), int(body["mark"])
+    try:
+        body = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        return None
+    if not isinstance(body, dict) or "mark" not in body or "event_id" in body:
+        return None
+    for kind in (SOURCE_MARK, LINKS_MARK):
+        if kind in body:
+            partition, at = body[kind], body["mark"]
+            if isinstance(partition, int) and isinstance(at, int):
+                return Mark(kind, partition, at)
+    return None
 
 
 def loads_groups(raw: bytes) -> list[tuple[str, list[Touchpoint]]]:

@@ -13,7 +13,10 @@ once for many events.
 Identity links for aliases another partition owns travel on ``journey.links``
 (co-partitioned with ``touchpoints``) and are handled the same way by a second
 agent, ``links``, with its own stream buffer, so they never wait behind a
-touchpoints backlog.
+touchpoints backlog. Each source's event-time marks travel there too, after the
+links they cover, and the ``links`` agent relays them to the journey partitions
+once it handled those links (``JourneyShell.relay_marks``): a journey partition's
+watermark never passes an orphan journey's merge still on its way.
 """
 
 from __future__ import annotations
@@ -141,6 +144,8 @@ def register_ingest(app: faust.App, settings: Settings, topics: Any, shell: Any)
         newest: dict[int, int] = {}
         #: The last identity record written per partition (see ``changelog_persisted``).
         records: dict[int, Any] = {}
+        #: Source marks read on ``journey.links``: (links partition, mark).
+        relayed: list[tuple[int, contract.Mark]] = []
         for event in events:
             processed[event.message.tp] = event.message.offset
             source = event.message.partition
@@ -149,6 +154,12 @@ def register_ingest(app: faust.App, settings: Settings, topics: Any, shell: Any)
             raw = event.value
             if raw is None:
                 continue
+            if from_links and raw[:1] == b"{":
+                mark = contract.loads_mark(raw)
+                if mark is not None:
+                    if mark.kind == contract.SOURCE_MARK:
+                        relayed.append((source, mark))
+                    continue
             # Table reads and writes belong to this event's partition.
             _current_event.set(weakref.ref(event))
             msg_key = event.key.decode(errors="replace") if event.key else None
@@ -219,6 +230,12 @@ def register_ingest(app: faust.App, settings: Settings, topics: Any, shell: Any)
         # Only now (the batch handed to the producer) may the marks cover it.
         for source, t in newest.items():
             shell.observe_source(source, t, now_ms)
+        if relayed:
+            # The links before these marks were handled, their merges sent:
+            # the journey partitions' watermarks may pass them now.
+            for links_partition, mark in relayed:
+                shell.observe_relay(links_partition, mark, now_ms)
+            await shell.relay_marks({lp for lp, _ in relayed})
 
     #: ``touchpoints.resolved`` partition -> offsets of the packed messages ingest
     #: sent there that the journey agent had not processed when last looked at.

@@ -133,10 +133,18 @@ class JourneyShell:
             key_type=bytes,
             value_type=bytes,
         )
-        #: Journey partition -> watermark merged from every source's marks.
+        partitions = settings.topics.partitions
+        #: Journey partition -> watermark merged from every source's marks and
+        #: every links partition's relay of them.
         self.clocks: dict[int, MergedClock] = defaultdict(
-            lambda: MergedClock(self.lateness_ms, sources=settings.topics.partitions)
+            lambda: MergedClock(self.lateness_ms, sources=2 * partitions)
         )
+        #: ``journey.links`` partition -> the source marks read there, each after
+        #: the links sent before it (relayed by :meth:`relay_marks`).
+        self.relays: dict[int, MergedClock] = defaultdict(
+            lambda: MergedClock(0, sources=partitions)
+        )
+        self._relays_sent: dict[int, tuple[int, float]] = {}
         #: Source (touchpoints) partition -> its event-time progress, for marks.
         self.sources: dict[int, PartitionClock] = defaultdict(
             lambda: PartitionClock(0, idle_ms=int(settings.journey.idle_s * 1000))
@@ -310,10 +318,13 @@ class JourneyShell:
         self.sources[partition].observe(newest, now)
 
     async def send_marks(self) -> None:
-        """Send each owned source partition's mark to every journey partition.
+        """Send each owned source partition's mark to every journey and links partition.
 
         A mark goes out when it moved, and at least every second, so a worker
-        that just took over a journey partition learns every source's progress.
+        that just took over a journey (or links) partition learns every
+        source's progress. On ``journey.links`` it follows the identity links
+        the source sent there; each links partition relays it once those are
+        handled (:meth:`relay_marks`).
         """
         name = self.settings.topics.touchpoints
         t = now_ms()
@@ -329,6 +340,32 @@ class JourneyShell:
                 continue
             self._marks_sent[tp.partition] = (mark, wall)
             body = contract.dumps_mark(tp.partition, mark)
+            for p in range(self.settings.topics.partitions):
+                await send_direct(self.app, self.topics.resolved, body, partition=p)
+                await send_direct(self.app, self.topics.links, body, partition=p)
+
+    def observe_relay(self, links_partition: int, mark: contract.Mark, now: int) -> None:
+        """A source mark read on ``journey.links``: the links before it are handled."""
+        self.relays[links_partition].update(mark.partition, mark.at, now)
+
+    async def relay_marks(self, links_partitions: Iterable[int]) -> None:
+        """Send each links partition's relayed mark to every journey partition.
+
+        The smallest source mark read there (once every source has sent one):
+        the merges of every link sent before it were handed to the producer
+        ahead of this. Like a source's mark, it goes out when it moved and at
+        least every second (sources re-send theirs as often).
+        """
+        wall = time.monotonic()
+        for lp in links_partitions:
+            mark = self.relays[lp].watermark()
+            if mark == NEVER:
+                continue
+            last = self._relays_sent.get(lp)
+            if last is not None and last[0] == mark and wall - last[1] < 1.0:
+                continue
+            self._relays_sent[lp] = (mark, wall)
+            body = contract.dumps_mark(lp, mark, contract.LINKS_MARK)
             for p in range(self.settings.topics.partitions):
                 await send_direct(self.app, self.topics.resolved, body, partition=p)
 
@@ -358,7 +395,7 @@ class JourneyShell:
             self.processed[msg.tp] = msg.offset
             mark = contract.loads_mark(value)
             if mark is not None:
-                clock.update(mark[0], mark[1], t)
+                clock.update((mark.kind, mark.partition), mark.at, t)
                 continue
             groups = self.handoff.take(msg.partition, msg.offset, value)
             if groups is None:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import bisect
 import heapq
+from collections.abc import Hashable
 from dataclasses import dataclass, field
 
 NEVER = -(2**62)
@@ -45,26 +46,31 @@ class PartitionClock:
 
 @dataclass
 class MergedClock:
-    """Watermark of one journey partition, from the progress of every source partition.
+    """The smallest of several inputs' event-time marks, as a watermark.
 
-    Ingest forwards events from every ``touchpoints`` partition (the sources) to
-    every journey partition, each source at its own pace. Each source sends a
-    *mark* (its event-time progress: the newest event time it forwarded, or the
-    wall clock once it is read to the end and idle) after the events it covers,
-    on the same journey partition. The watermark is the smallest mark minus the
-    allowed lateness, and nothing until every source has reported: an event
-    still on its way from a slower source can never be overtaken.
+    A journey partition's clock: ingest forwards events from every
+    ``touchpoints`` partition (the sources) to every journey partition, each
+    source at its own pace, and each source sends a *mark* (its event-time
+    progress: the newest event time it forwarded, or the wall clock once it is
+    read to the end and idle) after the events it covers, on the same journey
+    partition. Identity links a source sends to other partitions (through
+    ``journey.links``) are covered by the same marks relayed by each links
+    partition once it handled the links before them (the relay itself runs a
+    ``MergedClock`` with no lateness over the source marks it reads). The
+    watermark is the smallest mark minus the allowed lateness, and nothing
+    until every input (``sources`` of them) has reported: an event, or an
+    orphan journey's merge, still on its way can never be overtaken.
     """
 
     lateness_ms: int
     sources: int
-    marks: dict[int, int] = field(default_factory=dict)
+    marks: dict[Hashable, int] = field(default_factory=dict)
     _watermark: int = NEVER
     #: (watermark, wall time it was reached), for fire-delay measurement.
     _reached: list[tuple[int, int]] = field(default_factory=list)
 
-    def update(self, source: int, mark: int, now_ms: int) -> int:
-        """Record a source's mark; returns the (never decreasing) watermark."""
+    def update(self, source: Hashable, mark: int, now_ms: int) -> int:
+        """Record an input's mark; returns the (never decreasing) watermark."""
         if mark > self.marks.get(source, NEVER):
             self.marks[source] = mark
             if len(self.marks) >= self.sources:

@@ -19,13 +19,13 @@ import pytest
 from loadtest import simulator
 from stream import contract
 from stream.app import all_topic_partitions
-from stream.ingest.identity import orphan_key
+from stream.ingest.identity import LINK, link_id, orphan_key
 from stream.journey.agent import MERGE_IN
 from stream.journey.api import combine, funnel_figures
 from stream.journey.model import journey_model
 from stream.journey.replay import run_oracle
 from stream.journey.state import JourneyState
-from stream.producers.publisher import partition_of
+from stream.producers.publisher import Publisher, packed_records, partition_of
 from stream.settings import Settings
 from stream.topics import create_topics
 from tests.helpers import read_topic, wait_for
@@ -402,5 +402,122 @@ def test_web_and_pos_events_of_one_person_end_in_one_journey(
         for orphan in ("anon:device-9", "loyalty:LOY-9"):
             status, body = http_get(f"{worker.url}/customers/{orphan}/journey")
             assert status == 404 or body.get("merged_into") == "cust-9", (orphan, status, body)
+    finally:
+        worker.stop()
+
+
+def keys_on(partition: int, prefix: str, count: int, partitions: int = 4) -> list[str]:
+    """``count`` raw ids starting with ``prefix`` that hash to ``partition``."""
+    out: list[str] = []
+    i = 0
+    while len(out) < count:
+        key = f"{prefix}{i}"
+        if partition_of(key.encode(), partitions) == partition:
+            out.append(key)
+        i += 1
+    return out
+
+
+def test_orphan_journey_waits_for_its_merge_from_a_lagging_links_partition(
+    settings: Settings, tmp_path: Path
+) -> None:
+    """A loyalty card's sale is not settled on its own while the card's link is on its way.
+
+    The sale (loyalty card partition) comes first; the login that links the card
+    to the customer is read from another partition, and its link waits on
+    ``journey.links`` behind a backlog of other links. Every source's events,
+    and newer ones in every partition, are forwarded long before: only the
+    links partition's relayed marks keep the card's watermark from passing
+    the sale, so, as in the oracle, the sale goes into the customer's journey
+    and the card's own journey emits nothing.
+    """
+    s = replace(settings, journey=replace(settings.journey, allowed_lateness_s=60.0))
+    create_topics(s.broker.bootstrap, all_topic_partitions(s))
+    n = s.topics.partitions
+    card = "LOY-1"
+    card_partition = partition_of(f"loyalty:{card}".encode(), n)
+    t0 = int(time.time() * 1000) - 10 * DAY_MS
+    device = next(d for p in range(n) if p != card_partition for d in keys_on(p, "dev-", 1, n))
+
+    # The backlog: links for other aliases the card's partition owns.
+    backlog = [
+        contract.internal_touchpoint(
+            LINK,
+            link_id(alias, f"bulk-{alias}"),
+            t0 - DAY_MS,
+            anonymous_id=alias,
+            properties={"customer_id": f"bulk-{alias}"},
+        )
+        for alias in keys_on(card_partition, "bulk-", 20_000, n)
+    ]
+    publisher = Publisher(s.broker, ack_timeout_s=60)
+    try:
+        publisher.send_and_wait(packed_records(s.topics.links, backlog, n))
+    finally:
+        publisher.close()
+
+    raw = [
+        {
+            "event_id": "sale",
+            "type": "pos_purchase",
+            "channel": "pos",
+            "timestamp": t0,
+            "properties": {
+                "loyalty_id": card,
+                "order_id": "R-1",
+                "value": 25.0,
+                "currency": "EUR",
+                "products": [{"sku": "SKU-1", "price": 25.0, "quantity": 1}],
+            },
+        },
+        {
+            "event_id": "visit",
+            "type": "page_view",
+            "channel": "web",
+            "timestamp": t0 + 10_000,
+            "anonymous_id": device,
+        },
+        {
+            "event_id": "login",
+            "type": "identify",
+            "channel": "web",
+            "timestamp": t0 + 30_000,
+            "anonymous_id": device,
+            "customer_id": "cust-1",
+            "properties": {"loyalty_id": card},
+        },
+    ]
+    # Newer events in every partition: every source's mark passes the sale at once.
+    for p in range(n):
+        raw.append(
+            {
+                "event_id": f"later-{p}",
+                "type": "page_view",
+                "channel": "web",
+                "timestamp": t0 + 20 * 60_000,
+                "anonymous_id": keys_on(p, "later-", 1, n)[0],
+            }
+        )
+    events = [contract.parse(e) for e in raw]
+    oracle = oracle_for(events, s)
+    expected = oracle_transitions(oracle)
+    assert not any(t[0] == f"loyalty:{card}" for t in expected)  # the oracle merges it first
+    produce(s, events)
+
+    worker = Worker(s, tmp_path / "worker.log")
+    try:
+        worker.start().wait_ready()
+        state = wait_for(
+            lambda: http_get(f"{worker.url}/customers/cust-1/journey"),
+            lambda r: r[0] == 200 and r[1]["events"] == 3 and r[1]["pending_events"] == 0,
+            timeout_s=120,
+        )[1]
+        assert state["stage"] == "purchase"
+        assert state["loyalty_ids"] == [card]
+        got = wait_settled(worker, s, expected, timeout=30)
+        assert got == expected, differing(s, got, expected)
+        assert_states_equal(worker, oracle)
+        # The card's link really came after the backlog, and was answered in time.
+        assert worker.metric("journey_identity_links_unanswered_total") == 0
     finally:
         worker.stop()

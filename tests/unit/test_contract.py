@@ -418,8 +418,19 @@ def test_groups_round_trip() -> None:
 
 def test_marks_and_packed_groups_are_told_apart() -> None:
     raw = contract.dumps_mark(3, 1_700_000_000_000)
-    assert contract.loads_mark(raw) == (3, 1_700_000_000_000)
+    assert contract.loads_mark(raw) == contract.Mark("source", 3, 1_700_000_000_000)
+    relayed = contract.dumps_mark(2, 1_700_000_000_000, contract.LINKS_MARK)
+    assert contract.loads_mark(relayed) == contract.Mark("links", 2, 1_700_000_000_000)
     assert contract.loads_mark(contract.dumps_groups([])) is None
+
+
+def test_a_single_link_object_is_not_a_mark() -> None:
+    # journey.links carries single touchpoint objects as well as marks.
+    link = parse(event(event_id="l1", properties={"customer_id": "c", "mark": 5}))
+    assert contract.loads_mark(contract.dumps(link)) is None
+    assert contract.loads_mark(b'{"source": 1}') is None
+    assert contract.loads_mark(b'{"source": "x", "mark": 5}') is None
+    assert contract.loads_mark(b"{not json") is None
 
 
 # -- pack_groups ------------------------------------------------------------------
