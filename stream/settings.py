@@ -77,7 +77,8 @@ class TopicSettings:
     dispatch: str = "journey.dispatch"
     dispatch_dlq: str = "journey.dispatch.dlq"
     #: Identity links for aliases another partition owns (co-partitioned with touchpoints,
-    #: read by ingest beside them, so a link never waits behind a touchpoints backlog).
+    #: read by an agent of their own, so a link never waits behind a touchpoints backlog),
+    #: and the sources' event-time marks that follow them, relayed once they are handled.
     links: str = "journey.links"
     partitions: int = 4
     replication_factor: int = 1
