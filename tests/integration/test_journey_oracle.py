@@ -517,7 +517,17 @@ def test_orphan_journey_waits_for_its_merge_from_a_lagging_links_partition(
         got = wait_settled(worker, s, expected, timeout=30)
         assert got == expected, differing(s, got, expected)
         assert_states_equal(worker, oracle)
-        # The card's link really came after the backlog, and was answered in time.
         assert worker.metric("journey_identity_links_unanswered_total") == 0
+        # The test's premise: the card's link was recorded after the whole backlog.
+        recorded = [
+            r.key
+            for r in read_topic(
+                s.broker.bootstrap, f"{s.worker.app_id}-identity-changelog", timeout_s=30
+            )
+            if r.partition == card_partition
+        ]
+        assert recorded.index(f"loyalty:{card}".encode()) > max(
+            i for i, key in enumerate(recorded) if key.startswith(b"bulk-")
+        )
     finally:
         worker.stop()
