@@ -239,6 +239,15 @@ def assert_states_equal(worker: Worker, oracle: Any, settings: Settings | None =
     )
 
 
+def settled_journey(worker: Worker, customer: str, events: int, timeout_s: float) -> dict:
+    """The customer's journey once it holds ``events`` events and none pending."""
+    return wait_for(
+        lambda: http_get(f"{worker.url}/customers/{customer}/journey"),
+        lambda r: r[0] == 200 and r[1]["events"] == events and r[1]["pending_events"] == 0,
+        timeout_s=timeout_s,
+    )[1]
+
+
 def test_stream_equals_oracle(journey_settings: Settings, tmp_path: Path) -> None:
     events = simulated_log(customers=800, seed=7)
     assert len(events) >= 5000
@@ -388,11 +397,7 @@ def test_web_and_pos_events_of_one_person_end_in_one_journey(
     worker = Worker(journey_settings, tmp_path / "worker.log")
     try:
         worker.start().wait_ready()
-        state = wait_for(
-            lambda: http_get(f"{worker.url}/customers/cust-9/journey"),
-            lambda r: r[0] == 200 and r[1]["events"] == 4 and r[1]["pending_events"] == 0,
-            timeout_s=90,
-        )[1]
+        state = settled_journey(worker, "cust-9", events=4, timeout_s=90)
         assert state["stage"] == "purchase"
         assert state["orders"]["count"] == 1
         assert state["counts_by_channel"] == {"web": 3, "pos": 1}
@@ -507,11 +512,7 @@ def test_orphan_journey_waits_for_its_merge_from_a_lagging_links_partition(
     worker = Worker(s, tmp_path / "worker.log")
     try:
         worker.start().wait_ready()
-        state = wait_for(
-            lambda: http_get(f"{worker.url}/customers/cust-1/journey"),
-            lambda r: r[0] == 200 and r[1]["events"] == 3 and r[1]["pending_events"] == 0,
-            timeout_s=120,
-        )[1]
+        state = settled_journey(worker, "cust-1", events=3, timeout_s=120)
         assert state["stage"] == "purchase"
         assert state["loyalty_ids"] == [card]
         got = wait_settled(worker, s, expected, timeout=30)
