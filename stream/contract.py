@@ -98,6 +98,7 @@ LIMITS = frozenset(
         "event_size",
         "message_size",
         "event_time",
+        "state_size",
     }
 )
 
