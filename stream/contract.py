@@ -371,32 +371,39 @@ _AMOUNTS = ("price", "value", "revenue", "total")
 
 
 def _check_properties(props: Mapping[str, Any]) -> None:
-    for name in _AMOUNTS:
-        v = props.get(name)
-        if v is not None and not _is_number(v):
-            raise InvalidTouchpoint(f"properties.{name} must be a finite number", "properties")
-    q = props.get("quantity")
-    if q is not None and (isinstance(q, bool) or not isinstance(q, int) or q < 0):
-        raise InvalidTouchpoint("properties.quantity must be a non-negative integer", "properties")
+    _check_commerce(props, "properties", strict=True)
     items = props.get("products", props.get("items"))
     if items is not None and not isinstance(items, list):
         raise InvalidTouchpoint("properties.products must be an array", "properties")
-    _check_magnitudes(props, "properties")
     for i, item in enumerate(items or ()):
         if isinstance(item, dict):
-            _check_magnitudes(item, f"properties.products[{i}]")
+            _check_commerce(item, f"properties.products[{i}]", strict=False)
 
 
-def _check_magnitudes(props: Mapping[str, Any], where: str) -> None:
-    """Amounts within ``MAX_AMOUNT`` and quantities within ``MAX_QUANTITY`` (where numbers)."""
+def _check_commerce(props: Mapping[str, Any], where: str, *, strict: bool) -> None:
+    """Amounts finite numbers within ``MAX_AMOUNT``, the quantity a non-negative integer
+    within ``MAX_QUANTITY``; with ``strict`` False (line items, which the rules read
+    leniently) only numbers are held to the bounds."""
     for name in _AMOUNTS:
         v: Any = props.get(name)
-        if _is_number(v) and abs(v) > MAX_AMOUNT:
+        if v is None:
+            continue
+        if not _is_number(v):
+            if strict:
+                raise InvalidTouchpoint(f"{where}.{name} must be a finite number", "properties")
+        elif abs(v) > MAX_AMOUNT:
             raise InvalidTouchpoint(
                 f"{where}.{name} is beyond {MAX_AMOUNT:g}", "properties", "number"
             )
     q = props.get("quantity")
-    if isinstance(q, int) and not isinstance(q, bool) and abs(q) > MAX_QUANTITY:
+    if q is None:
+        return
+    if isinstance(q, bool) or not isinstance(q, int) or q < 0:
+        if strict:
+            raise InvalidTouchpoint(
+                f"{where}.quantity must be a non-negative integer", "properties"
+            )
+    elif q > MAX_QUANTITY:
         raise InvalidTouchpoint(
             f"{where}.quantity is beyond {MAX_QUANTITY}", "properties", "number"
         )
