@@ -24,6 +24,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import replace
 from pathlib import Path
 
+from stream.defaults import ConfigError
 from stream.settings import Settings, as_dict, load_settings
 
 log = logging.getLogger("journey")
@@ -234,7 +235,15 @@ def cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_config(args: argparse.Namespace, settings: Settings) -> int:
-    print(json.dumps(as_dict(settings), indent=2, default=str))
+    from stream.defaults import export
+    from stream.settings import files_in_use
+
+    if args.export is not None:
+        written = export(args.export)
+        print(json.dumps({"exported": [str(p) for p in written]}, indent=2))
+        return 0
+    files = [f.to_dict() for f in files_in_use(settings)]
+    print(json.dumps({"files": files, "settings": as_dict(settings)}, indent=2, default=str))
     return 0
 
 
@@ -245,9 +254,14 @@ def build_parser() -> argparse.ArgumentParser:
             "Real-time customer-journey engine: touchpoints -> Kafka -> Faust agents -> "
             "stages, transitions, abandonment and follow-ups."
         ),
-        epilog="Settings come from config/journey.toml and JOURNEY_<SECTION>_<FIELD> variables.",
+        epilog=(
+            "Settings: the packaged defaults, then the file named by --config or "
+            "JOURNEY_CONFIG, then JOURNEY_<SECTION>_<FIELD> variables (`journey config`)."
+        ),
     )
-    parser.add_argument("--config", help="settings file (default: config/journey.toml)")
+    parser.add_argument(
+        "--config", help="settings file (default: $JOURNEY_CONFIG, else the packaged defaults)"
+    )
     parser.add_argument("--log-level", default="info", help="logging level (default: info)")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
@@ -372,7 +386,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("rest", nargs=argparse.REMAINDER, help="arguments for loadtest.bench")
 
     add("topics", cmd_topics, "Create every topic the engine uses (idempotent).")
-    add("config", cmd_config, "Print the effective settings as JSON (secrets masked).")
+    p = add(
+        "config",
+        cmd_config,
+        "Print the files in use (packaged default or user file) and the effective "
+        "settings as JSON (secrets masked).",
+    )
+    p.add_argument(
+        "--export",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help="write the packaged settings file, stage models and templates into DIR to edit",
+    )
     return parser
 
 
@@ -392,8 +418,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(
         level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
-    settings = load_settings(args.config)
-    return int(args.func(args, settings) or 0)
+    try:
+        settings = load_settings(args.config)
+        return int(args.func(args, settings) or 0)
+    except ConfigError as exc:
+        parser.exit(2, f"journey: configuration error: {exc}\n")
 
 
 if __name__ == "__main__":

@@ -31,7 +31,7 @@ from typing import Any
 from stream.app import all_topic_partitions
 from stream.embedded import EmbeddedStack, free_port
 from stream.embedded.stack import parent_death_hook
-from stream.settings import ROOT, Settings, to_environ
+from stream.settings import Settings, to_environ
 from stream.topics import create_topics
 
 #: Share of simulated web calls sent with one malformed message, to show the DLQ.
@@ -51,7 +51,6 @@ class Child:
         with log.open("ab") as fh:
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "stream.cli", *args],
-                cwd=ROOT,
                 env={**os.environ, **env},
                 stdout=fh,
                 stderr=subprocess.STDOUT,
@@ -257,7 +256,7 @@ def render(
 
 def run_demo(settings: Settings, duration_s: float, rate: float, workdir: Path | None) -> int:
     """Run the demo; returns the process exit status."""
-    workdir = workdir or ROOT / "var" / "demo" / time.strftime("%Y%m%d-%H%M%S")
+    workdir = (workdir or Path("var") / "demo" / time.strftime("%Y%m%d-%H%M%S")).absolute()
     workdir.mkdir(parents=True, exist_ok=True)
     print(f"journey demo: starting the embedded stack in {workdir}", flush=True)
     stop = threading.Event()

@@ -1,10 +1,12 @@
 """One settings object for every service, built once from TOML and the environment.
 
-Precedence (lowest first): the defaults below, ``config/journey.toml`` (or the
-file named by ``JOURNEY_CONFIG``), then ``JOURNEY_<SECTION>_<FIELD>`` environment
-variables (``JOURNEY_BROKER_URL``, ``JOURNEY_REDIS_URL``,
-``JOURNEY_COLLECTOR_PORT``, ``JOURNEY_TOPICS_PARTITIONS`` ...). Nothing else in
-the package reads ``os.environ``; the settings object is passed down.
+Precedence (lowest first): the defaults below (also written out, with comments,
+in the packaged ``stream/defaults/journey.toml``), the settings file named by
+``JOURNEY_CONFIG`` (or ``journey --config``), then ``JOURNEY_<SECTION>_<FIELD>``
+environment variables (``JOURNEY_BROKER_URL``, ``JOURNEY_REDIS_URL``,
+``JOURNEY_COLLECTOR_PORT``, ``JOURNEY_TOPICS_PARTITIONS`` ...). Relative paths
+are relative to the working directory. Nothing else in the package reads
+``os.environ``; the settings object is passed down.
 """
 
 from __future__ import annotations
@@ -21,8 +23,14 @@ from typing import Any
 
 import orjson
 
-ROOT = Path(__file__).resolve().parent.parent
-CONFIG_DIR = ROOT / "config"
+from stream.defaults import (
+    ConfigError,
+    ConfigFile,
+    settings_file,
+    stage_model_file,
+    template_files,
+)
+
 ENV_PREFIX = "JOURNEY_"
 
 
@@ -194,8 +202,11 @@ DEFAULT_FOLLOWUPS: tuple[Mapping[str, Any], ...] = (
 
 @dataclass(frozen=True)
 class JourneySettings:
-    #: Stage model file name in ``config/stages`` or a path.
+    #: A stage model's name (looked up in ``stages_dir``, then among the packaged
+    #: ``five-stage`` and ``see-think-do-care``) or the path of a ``.toml`` file.
     stage_model: str = "five-stage"
+    #: A folder of the user's own stage models ("": the packaged ones only).
+    stages_dir: str = ""
     #: Events up to this much older than the newest one seen are still placed in
     #: order; stages settle (and transitions are emitted) once the watermark passes.
     allowed_lateness_s: float = 600.0
@@ -261,7 +272,9 @@ class DispatchSettings:
     tracking_base_url: str = "http://127.0.0.1:8088"
     #: HMAC key for tracking tokens (open, click, unsubscribe links). Change it.
     tracking_secret: str = "change-me"
-    templates_dir: str = "config/templates"
+    #: A folder of the user's own templates, each overriding the packaged one of
+    #: the same name ("": the packaged templates only).
+    templates_dir: str = ""
     smtp_timeout_s: float = 10.0
 
 
@@ -276,15 +289,20 @@ class Settings:
     journey: JourneySettings = field(default_factory=JourneySettings)
     pos: PosSettings = field(default_factory=PosSettings)
     dispatch: DispatchSettings = field(default_factory=DispatchSettings)
+    #: The settings file these were loaded from (None: built in code).
+    source: ConfigFile | None = field(default=None, compare=False)
 
     def with_broker(self, url: str) -> Settings:
         """A copy pointing at ``url`` (used once the embedded broker is up)."""
         return replace(self, broker=replace(self.broker, url=url))
 
     def path(self, value: str) -> Path:
-        """Resolve a configured path relative to the project root."""
-        p = Path(value)
-        return p if p.is_absolute() else ROOT / p
+        """A configured path, absolute (relative ones from the working directory)."""
+        return Path(value).expanduser().absolute()
+
+
+#: The sections of :class:`Settings` (``[broker]``, ``[redis]`` ...), in order.
+SECTIONS = tuple(f.name for f in fields(Settings) if f.name != "source")
 
 
 def _coerce(value: Any, annotation: Any) -> Any:
@@ -311,8 +329,13 @@ def _merge(section: Any, values: Mapping[str, Any], where: str) -> Any:
     known = {f.name for f in fields(section)}
     unknown = set(values) - known
     if unknown:
-        raise ValueError(f"unknown setting(s) in {where}: {', '.join(sorted(unknown))}")
-    changes = {k: _coerce(v, hints[k]) for k, v in values.items()}
+        raise ConfigError(f"unknown setting(s) in {where}: {', '.join(sorted(unknown))}")
+    changes = {}
+    for k, v in values.items():
+        try:
+            changes[k] = _coerce(v, hints[k])
+        except (ValueError, TypeError) as exc:
+            raise ConfigError(f"{where}: {k} = {v!r} is not valid: {exc}") from None
     return replace(section, **changes)
 
 
@@ -327,14 +350,20 @@ def load_settings(
     CLI use them.
     """
     env = dict(os.environ if environ is None else environ)
-    settings = Settings()
-    path = Path(config_file or env.get("JOURNEY_CONFIG") or CONFIG_DIR / "journey.toml")
-    data: dict[str, Any] = {}
-    if path.exists():
-        with path.open("rb") as fh:
-            data = tomllib.load(fh)
-    sections = {f.name for f in fields(settings)}
-    for name in sections:
+    source = settings_file(
+        config_file or env.get("JOURNEY_CONFIG"),
+        "--config" if config_file else "JOURNEY_CONFIG",
+    )
+    path = source.location
+    try:
+        data: dict[str, Any] = tomllib.loads(source.read_bytes().decode())
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"settings file {path!r} is not valid TOML: {exc}") from None
+    unknown = set(data) - set(SECTIONS)
+    if unknown:
+        raise ConfigError(f"unknown section(s) in {path}: {', '.join(sorted(unknown))}")
+    settings = Settings(source=source)
+    for name in SECTIONS:
         section = getattr(settings, name)
         file_values = data.get(name, {})
         env_values = {}
@@ -352,7 +381,7 @@ def load_settings(
 
 def as_dict(settings: Settings) -> dict[str, Any]:
     """Plain-data view, for ``journey config`` and logs (secrets masked)."""
-    out = dataclasses.asdict(settings)
+    out = {name: dataclasses.asdict(getattr(settings, name)) for name in SECTIONS}
     for section in out.values():
         for key in section:
             if ("password" in key or "secret" in key) and section[key]:
@@ -363,8 +392,8 @@ def as_dict(settings: Settings) -> dict[str, Any]:
 def to_environ(settings: Settings) -> dict[str, str]:
     """``JOURNEY_*`` variables that rebuild ``settings`` in a child process."""
     env: dict[str, str] = {}
-    for section in fields(settings):
-        values = getattr(settings, section.name)
+    for name in SECTIONS:
+        values = getattr(settings, name)
         for f in fields(values):
             value = getattr(values, f.name)
             if isinstance(value, tuple):
@@ -375,5 +404,22 @@ def to_environ(settings: Settings) -> dict[str, str]:
                 text = "true" if value else "false"
             else:
                 text = str(value)
-            env[f"{ENV_PREFIX}{section.name}_{f.name}".upper()] = text
+            env[f"{ENV_PREFIX}{name}_{f.name}".upper()] = text
     return env
+
+
+def templates_in_use(settings: Settings) -> list[str]:
+    """The template names the configured abandonment rules and follow-ups send."""
+    rules = (*settings.journey.abandonment, *settings.journey.followups)
+    return sorted({str(rule["template"]) for rule in rules if rule.get("template")})
+
+
+def files_in_use(settings: Settings) -> list[ConfigFile]:
+    """Every file the services read at run time, with where it comes from.
+
+    Raises :class:`ConfigError` naming a configured file or folder that is missing.
+    """
+    out = [settings.source or settings_file(None)]
+    out.append(stage_model_file(settings.journey.stage_model, settings.journey.stages_dir))
+    out.extend(template_files(templates_in_use(settings), settings.dispatch.templates_dir))
+    return out

@@ -4,11 +4,15 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import TypeVar
 
 from stream.topics import read_topic
 
-__all__ = ["read_topic", "wait_for"]
+__all__ = ["REPO", "read_topic", "wait_for"]
+
+#: The checkout the tests run from (deployment files under config/, docs, compose).
+REPO = Path(__file__).resolve().parent.parent
 
 T = TypeVar("T")
 

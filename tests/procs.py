@@ -15,7 +15,8 @@ from typing import Any
 import orjson
 
 from stream.embedded import free_port
-from stream.settings import ROOT, Settings, to_environ
+from stream.settings import Settings, to_environ
+from tests.helpers import REPO as ROOT
 from tests.helpers import wait_for
 
 

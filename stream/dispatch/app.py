@@ -19,6 +19,7 @@ import redis.exceptions
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from stream.app import broker_ssl_context, faust_app
+from stream.defaults import template_files
 from stream.dispatch.dispatcher import Dispatcher
 from stream.dispatch.guards import Guards, Keys
 from stream.dispatch.outcomes import OutcomeRecord
@@ -27,7 +28,7 @@ from stream.dispatch.schedule import Schedule
 from stream.dispatch.signals import SignalProgress, SignalRecorder
 from stream.dispatch.smtp import SmtpSender
 from stream.observability import metrics as m
-from stream.settings import Settings
+from stream.settings import Settings, templates_in_use
 
 log = logging.getLogger(__name__)
 
@@ -108,6 +109,8 @@ def build_dispatcher_app(settings: Settings) -> faust.App:
     settings = dispatcher_settings(settings)
     d = settings.dispatch
     t = settings.topics
+    # Fail at start, naming the file, rather than at the first send of a rule.
+    list(template_files(templates_in_use(settings), d.templates_dir))
     app = faust_app(settings, store="memory://")
 
     def topic(name: str) -> faust.TopicT:
@@ -126,7 +129,7 @@ def build_dispatcher_app(settings: Settings) -> faust.App:
         Guards(client, keys),
         Schedule(client, keys),
         SignalProgress(client, keys, t.resolved, t.partitions, end_offsets),
-        Renderer(settings.path(d.templates_dir)),
+        Renderer(d.templates_dir or None),
         SmtpSender(settings.smtp, d.smtp_timeout_s),
         outbox,
     )

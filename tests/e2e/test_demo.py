@@ -7,7 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from stream.settings import ROOT
+from tests.helpers import REPO as ROOT
 
 
 def test_demo_runs_the_whole_stack_and_exits_cleanly(tmp_path: Path) -> None:

@@ -24,9 +24,10 @@ from stream.contract import Touchpoint
 from stream.dispatch import tokens
 from stream.dispatch.signals import partition_for
 from stream.embedded import SmtpCatcher, free_port
-from stream.settings import ROOT, Settings, to_environ
+from stream.settings import Settings, to_environ
 from stream.topics import create_topics
 from stream.triggers.trigger import ABANDONMENT, Trigger, TriggerItem
+from tests.helpers import REPO as ROOT
 from tests.helpers import read_topic, wait_for
 from tests.procs import Dispatcher, dispatch_settings, http_get
 
