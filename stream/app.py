@@ -683,23 +683,6 @@ def declare_topics(app: faust.App, settings: Settings) -> Topics:
     )
 
 
-def all_topic_partitions(settings: Settings) -> dict[str, int]:
-    """Every topic the engine uses, with its partition count (for creation)."""
-    t = settings.topics
-    names = [
-        t.touchpoints,
-        t.resolved,
-        t.dlq,
-        t.transitions,
-        t.triggers,
-        t.timers,
-        t.dispatch,
-        t.dispatch_dlq,
-        t.links,
-    ]
-    return {name: t.partitions for name in names}
-
-
 def build_worker_app(settings: Settings, **kwargs: Any) -> faust.App:
     """The worker's Faust app with every agent of the pipeline registered."""
     from stream.ingest.agent import register_ingest

@@ -57,12 +57,10 @@ def quiet_client_logs(level: str) -> None:
 
 
 def cmd_topics(args: argparse.Namespace, settings: Settings) -> int:
-    from stream.app import all_topic_partitions
-    from stream.topics import create_topics
+    from stream.topics import ensure_topics
 
     settings = resolve_broker(settings)
-    topics = all_topic_partitions(settings)
-    create_topics(settings.broker.bootstrap, topics)
+    topics = ensure_topics(settings)
     print(json.dumps({"created_or_present": topics}))
     return 0
 
@@ -100,11 +98,11 @@ def tune_gc() -> None:
 def cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
     from faust.worker import Worker
 
-    from stream.app import all_topic_partitions, build_worker_app
-    from stream.topics import create_topics
+    from stream.app import build_worker_app
+    from stream.topics import ensure_topics
 
     settings = resolve_broker(settings)
-    create_topics(settings.broker.bootstrap, all_topic_partitions(settings))
+    ensure_topics(settings)
     use_uvloop()
     app = build_worker_app(settings, store=args.store, web_port=args.web_port)
     tune_gc()
@@ -117,14 +115,13 @@ def cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
 def cmd_dispatcher(args: argparse.Namespace, settings: Settings) -> int:
     from faust.worker import Worker
 
-    from stream.app import all_topic_partitions
     from stream.dispatch.app import build_dispatcher_app
-    from stream.topics import create_topics
+    from stream.topics import ensure_topics
 
     settings = resolve_broker(settings)
     if args.web_port is not None:
         settings = replace(settings, dispatch=replace(settings.dispatch, web_port=args.web_port))
-    create_topics(settings.broker.bootstrap, all_topic_partitions(settings))
+    ensure_topics(settings)
     app = build_dispatcher_app(settings)
     worker = Worker(app, loglevel=args.loglevel, redirect_stdouts=False)
     quiet_client_logs(args.loglevel)
@@ -404,12 +401,29 @@ def build_parser() -> argparse.ArgumentParser:
 PASS_THROUGH = {"simulate", "bench"}
 
 
+#: Options before the command that take a value (``journey --config FILE simulate``).
+GLOBAL_VALUE_OPTIONS = {"--config", "--log-level"}
+
+
+def command_index(argv: Sequence[str]) -> int | None:
+    """Where the subcommand is in ``argv`` (after the global options), or None."""
+    i = 0
+    while i < len(argv):
+        arg = argv[i]
+        if arg in GLOBAL_VALUE_OPTIONS:
+            i += 2
+        elif arg.startswith("-"):
+            i += 1
+        else:
+            return i
+    return None
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     argv = list(sys.argv[1:] if argv is None else argv)
-    command = next((a for a in argv if not a.startswith("-")), None)
-    if command in PASS_THROUGH:
-        i = argv.index(command)
+    i = command_index(argv)
+    if i is not None and argv[i] in PASS_THROUGH:
         rest = argv[i + 1 :]
         argv = [*argv[: i + 1], "--", *rest] if rest and rest[0] != "--" else argv
     args = parser.parse_args(argv)

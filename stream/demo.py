@@ -28,11 +28,10 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from stream.app import all_topic_partitions
 from stream.embedded import EmbeddedStack, free_port
 from stream.embedded.stack import parent_death_hook
 from stream.settings import Settings, to_environ
-from stream.topics import create_topics
+from stream.topics import ensure_topics
 
 #: Share of simulated web calls sent with one malformed message, to show the DLQ.
 BAD_CALL_RATE = 0.05
@@ -301,7 +300,7 @@ def run_demo(settings: Settings, duration_s: float, rate: float, workdir: Path |
         settings = replace(
             settings, dispatch=replace(settings.dispatch, tracking_base_url=collector_url)
         )
-        create_topics(settings.broker.bootstrap, all_topic_partitions(settings))
+        ensure_topics(settings)
         env = to_environ(settings)
         logs = workdir / "logs"
         pos_file = workdir / "pos" / "sales.jsonl"

@@ -20,6 +20,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 import orjson
 
@@ -383,10 +384,22 @@ def as_dict(settings: Settings) -> dict[str, Any]:
     """Plain-data view, for ``journey config`` and logs (secrets masked)."""
     out = {name: dataclasses.asdict(getattr(settings, name)) for name in SECTIONS}
     for section in out.values():
-        for key in section:
-            if ("password" in key or "secret" in key) and section[key]:
+        for key, value in section.items():
+            if ("password" in key or "secret" in key or "token" in key) and value:
                 section[key] = "***"
+            elif key == "url" and isinstance(value, str):
+                section[key] = mask_url(value)
     return out
+
+
+def mask_url(url: str) -> str:
+    """``url`` with the password of its user info (``redis://:pw@host``) masked."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    user = parts.username or ""
+    host = parts.netloc.rpartition("@")[2]
+    return urlunsplit(parts._replace(netloc=f"{user}:***@{host}"))
 
 
 def to_environ(settings: Settings) -> dict[str, str]:

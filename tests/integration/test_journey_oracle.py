@@ -18,7 +18,6 @@ import pytest
 
 from loadtest import simulator
 from stream import contract
-from stream.app import all_topic_partitions
 from stream.ingest.identity import LINK, link_id, orphan_key
 from stream.journey.agent import MERGE_IN
 from stream.journey.api import combine, funnel_figures
@@ -27,7 +26,7 @@ from stream.journey.replay import run_oracle
 from stream.journey.state import JourneyState
 from stream.producers.publisher import Publisher, packed_records, partition_of
 from stream.settings import Settings
-from stream.topics import create_topics
+from stream.topics import ensure_topics
 from tests.helpers import read_topic, wait_for
 from tests.procs import Worker, http_get
 
@@ -44,7 +43,7 @@ def journey_settings(settings: Settings) -> Settings:
     # Lateness longer than the log's span: nothing settles while the backlog is
     # read, everything settles once the worker is caught up and idle.
     s = replace(settings, journey=replace(settings.journey, allowed_lateness_s=LATENESS_S))
-    create_topics(s.broker.bootstrap, all_topic_partitions(s))
+    ensure_topics(s)
     return s
 
 
@@ -437,7 +436,7 @@ def test_orphan_journey_waits_for_its_merge_from_a_lagging_links_partition(
     and the card's own journey emits nothing.
     """
     s = replace(settings, journey=replace(settings.journey, allowed_lateness_s=60.0))
-    create_topics(s.broker.bootstrap, all_topic_partitions(s))
+    ensure_topics(s)
     n = s.topics.partitions
     card = "LOY-1"
     card_partition = partition_of(f"loyalty:{card}".encode(), n)

@@ -26,12 +26,11 @@ import orjson
 import pytest
 
 from loadtest import simulator
-from stream.app import all_topic_partitions
 from stream.embedded import SmtpCatcher, free_port
 from stream.journey.model import journey_model
 from stream.producers.publisher import Publisher
 from stream.settings import Settings
-from stream.topics import create_topics
+from stream.topics import ensure_topics
 from tests.dashboards import PanelQuery, panel_queries, promql, scrape_jobs
 from tests.helpers import wait_for
 from tests.procs import (
@@ -54,7 +53,7 @@ def obs_settings(settings: Settings) -> Settings:
     # Short lateness: the simulated days-old events settle (and abandonment
     # deadlines pass) as soon as the workers are caught up.
     s = replace(settings, journey=replace(settings.journey, allowed_lateness_s=60.0))
-    create_topics(s.broker.bootstrap, all_topic_partitions(s))
+    ensure_topics(s)
     return s
 
 

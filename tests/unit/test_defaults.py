@@ -167,3 +167,21 @@ def test_export_writes_editable_copies_and_never_overwrites(tmp_path: Path) -> N
     assert load_model("five-stage", tmp_path / "conf" / "stages") == load_model("five-stage")
     with pytest.raises(ConfigError, match=r"exists"):
         export(tmp_path / "conf")
+
+
+def test_journey_config_masks_passwords_in_urls() -> None:
+    from stream.settings import as_dict
+
+    s = load_settings(environ={"JOURNEY_REDIS_URL": "redis://:hunter2@redis:6379/0"})
+    shown = as_dict(s)
+    assert shown["redis"]["url"] == "redis://:***@redis:6379/0"
+    assert "hunter2" not in json.dumps(shown)
+
+
+def test_global_options_before_a_pass_through_command(tmp_path: Path) -> None:
+    own = tmp_path / "journey.toml"
+    own.write_text("[topics]\npartitions = 4\n")
+    out = tmp_path / "events.jsonl"
+    code = cli.main(["--config", str(own), "simulate", "--customers", "3", "--out", str(out)])
+    assert code == 0
+    assert out.read_text().count("\n") > 3

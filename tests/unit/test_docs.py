@@ -20,7 +20,7 @@ from typing import Any
 
 import pytest
 
-from stream.cli import PASS_THROUGH, build_parser
+from stream.cli import PASS_THROUGH, build_parser, command_index
 from stream.settings import Settings, to_environ
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -128,11 +128,11 @@ def parse(parser: Any, argv: list[str]) -> str | None:
 
 def check_journey(argv: list[str]) -> str | None:
     """Parse ``journey ARGV`` as ``stream.cli.main`` does."""
-    command = next((a for a in argv if not a.startswith("-")), None)
-    if command not in PASS_THROUGH:
+    at = command_index(argv)
+    if at is None or argv[at] not in PASS_THROUGH:
         return parse(build_parser(), argv)
     # ``main`` hands everything after these subcommands to their own parsers.
-    at = argv.index(command)
+    command = argv[at]
     problem = parse(build_parser(), argv[: at + 1])
     if problem is not None:
         return problem
