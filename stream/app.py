@@ -22,6 +22,7 @@ import faust
 import orjson
 from faust.serializers import codecs
 
+from stream import security
 from stream.settings import BrokerSettings, Settings
 
 log = logging.getLogger(__name__)
@@ -97,7 +98,7 @@ def faust_app(
     seek_uncommitted_to_beginning()
     seek_with_flow_stopped()
     log_offset_gaps()
-    return faust.App(
+    app = faust.App(
         w.app_id,
         broker=",".join(f"kafka://{h}" for h in b.bootstrap.split(",")),
         broker_credentials=broker_credentials(b),
@@ -125,7 +126,17 @@ def faust_app(
         broker_max_poll_records=w.max_poll_records,
         stream_wait_empty=False,
         recovery_consistency_check=w.recovery_consistency_check,
+        # Faust's own views would show table contents (/table) and assignments to
+        # anyone; the engine's views are guarded by API tokens instead.
+        web_tables_enabled=False,
+        web_router_enabled=False,
+        web_stats_enabled=False,
+        web_graph_enabled=False,
     )
+    app.web.web_app.middlewares.append(  # type: ignore[attr-defined]
+        security.middleware(w.api_tokens)
+    )
+    return app
 
 
 #: Codecs both Kafka clients here read with the installed libraries (aiokafka

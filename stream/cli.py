@@ -25,23 +25,29 @@ from dataclasses import replace
 from pathlib import Path
 
 from stream.defaults import ConfigError
-from stream.settings import Settings, as_dict, load_settings
+from stream.security import require_secrets
+from stream.settings import Settings, as_dict, load_settings, with_environ
 
 log = logging.getLogger("journey")
 
 STACK_FILE = "var/stack.json"
 
 
+def resolve_stack(settings: Settings) -> Settings:
+    """With no broker set, every part of a running ``journey stack`` (``var/stack.json``
+    in the working directory): its broker, Redis, SMTP catcher and API token."""
+    stack = settings.path(STACK_FILE)
+    if settings.broker.url or not stack.exists():
+        return settings
+    info = json.loads(stack.read_text())
+    return with_environ(settings, info["environment"], str(stack))
+
+
 def resolve_broker(settings: Settings) -> Settings:
-    """Fill in the broker URL from a running ``journey stack`` when none is set."""
+    """:func:`resolve_stack`, and exit saying what to do when there is still no broker."""
+    settings = resolve_stack(settings)
     if settings.broker.url:
         return settings
-    stack = settings.path(STACK_FILE)
-    if stack.exists():
-        info = json.loads(stack.read_text())
-        embedded = settings.with_broker(info["broker_url"])
-        # Tansu under-reports end offsets after batched writes; see WorkerSettings.
-        return replace(embedded, worker=replace(embedded.worker, recovery_consistency_check=False))
     raise SystemExit(
         "No broker configured: set JOURNEY_BROKER_URL (e.g. kafka://localhost:9092), "
         "or start the embedded one with `journey stack` in another terminal, "
@@ -102,6 +108,7 @@ def cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
     from stream.topics import ensure_topics
 
     settings = resolve_broker(settings)
+    require_secrets(settings, "worker")
     ensure_topics(settings)
     use_uvloop()
     app = build_worker_app(settings, store=args.store, web_port=args.web_port)
@@ -121,6 +128,7 @@ def cmd_dispatcher(args: argparse.Namespace, settings: Settings) -> int:
     settings = resolve_broker(settings)
     if args.web_port is not None:
         settings = replace(settings, dispatch=replace(settings.dispatch, web_port=args.web_port))
+    require_secrets(settings, "dispatcher")
     ensure_topics(settings)
     app = build_dispatcher_app(settings)
     worker = Worker(app, loglevel=args.loglevel, redirect_stdouts=False)
@@ -135,6 +143,9 @@ def cmd_suppress(args: argparse.Namespace, settings: Settings) -> int:
     import redis.asyncio as aioredis
 
     from stream.dispatch.guards import Guards, Keys
+
+    settings = resolve_stack(settings)
+    require_secrets(settings, "suppress")
 
     async def run() -> dict[str, object]:
         client = aioredis.Redis.from_url(settings.redis.url)
@@ -163,6 +174,7 @@ def cmd_collector(args: argparse.Namespace, settings: Settings) -> int:
     settings = resolve_broker(settings)
     if args.port is not None:
         settings = replace(settings, collector=replace(settings.collector, port=args.port))
+    require_secrets(settings, "collector")
     run(settings)
     return 0
 
@@ -202,12 +214,16 @@ def cmd_stack(args: argparse.Namespace, settings: Settings) -> int:
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     with EmbeddedStack(workdir) as stack:
-        info = {"broker_url": stack.broker.url, **stack.env()}
+        info = stack.describe()
         path = settings.path(STACK_FILE)
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps(info, indent=2))
         print(json.dumps(info, indent=2), flush=True)
-        print("Embedded stack running; Ctrl-C stops it.", flush=True)
+        print(
+            f"Embedded stack running; the other journey commands started in this folder "
+            f"use it ({path}). Emails land in {info['mail_folder']}. Ctrl-C stops it.",
+            flush=True,
+        )
         try:
             stop.wait()
         except KeyboardInterrupt:

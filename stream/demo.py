@@ -272,6 +272,7 @@ def run_demo(settings: Settings, duration_s: float, rate: float, workdir: Path |
                 data_dir=str(workdir / "worker"),
                 web_port=free_port(),
                 recovery_consistency_check=False,  # Tansu: see WorkerSettings
+                api_tokens={stack.api_token: "admin"},
             ),
             collector=replace(settings.collector, port=free_port()),
             pos=replace(
@@ -279,6 +280,8 @@ def run_demo(settings: Settings, duration_s: float, rate: float, workdir: Path |
                 checkpoint=str(workdir / "pos" / "checkpoint.json"),
                 rejects=str(workdir / "pos" / "rejects.jsonl"),
             ),
+            # Loopback only: the packaged placeholder secrets are fine here.
+            security=replace(settings.security, allow_default_secrets=True),
             # A demo wants to see stages settle and carts abandoned within seconds.
             journey=replace(
                 settings.journey,
@@ -325,7 +328,9 @@ def run_demo(settings: Settings, duration_s: float, rate: float, workdir: Path |
             shoppers = Shoppers(settings, events, pos_file, stop)
             print(
                 f"journey demo: worker {worker_url}  collector {collector_url}  "
-                f"{customers} simulated customers over {duration_s:.0f}s (Ctrl-C stops)",
+                f"{customers} simulated customers over {duration_s:.0f}s (Ctrl-C stops)\n"
+                f"journey demo: the worker's API token (admin) is {stack.api_token}: "
+                f"curl -H 'Authorization: Bearer {stack.api_token}' {worker_url}/funnel",
                 flush=True,
             )
             started = time.monotonic()
@@ -352,6 +357,7 @@ def run_demo(settings: Settings, duration_s: float, rate: float, workdir: Path |
             stop.set()
             shoppers.join(5)
             report = final_report(
+                stack.api_token,
                 worker_url,
                 collector_url,
                 dispatcher_url,
@@ -369,6 +375,7 @@ def run_demo(settings: Settings, duration_s: float, rate: float, workdir: Path |
 
 
 def final_report(
+    api_token: str,
     worker_url: str,
     collector_url: str,
     dispatcher_url: str,
@@ -379,7 +386,7 @@ def final_report(
     worker = scrape(f"{worker_url}/metrics")
     collector = scrape(f"{collector_url}/metrics")
     dispatcher = scrape(f"{dispatcher_url}/metrics")
-    status, funnel = http(f"{worker_url}/funnel")
+    status, funnel = http(f"{worker_url}/funnel", headers={"Authorization": f"Bearer {api_token}"})
     return {
         "seconds": round(elapsed, 1),
         "web_events_sent": shoppers.sent["web"],

@@ -159,6 +159,10 @@ class WorkerSettings:
     #: ``none``. Journey states are repetitive JSON: zstd shrank a batch of them
     #: 21x in a probe and about halved the broker's work (see README "Throughput").
     compression: str = "zstd"
+    #: Bearer tokens of the HTTP API: token -> role (``read``: the funnel and the
+    #: journey map; ``admin``: also one customer's journey, export and erasure).
+    #: Health, readiness and metrics need none. Empty: only those are served.
+    api_tokens: Mapping[str, str] = field(default_factory=dict)
     #: Faust's check that a table's persisted offset is not past the changelog's end.
     #: Keep it on with Kafka; the embedded Tansu broker under-reports end offsets
     #: after batched writes, so the embedded stack turns it off.
@@ -280,6 +284,15 @@ class DispatchSettings:
 
 
 @dataclass(frozen=True)
+class SecuritySettings:
+    """Checks on secrets at start (see :mod:`stream.security`)."""
+
+    #: Accept empty or packaged default secrets (tracking key, Redis password, write
+    #: keys). Only the embedded stack, the demo and the tests set it.
+    allow_default_secrets: bool = False
+
+
+@dataclass(frozen=True)
 class Settings:
     broker: BrokerSettings = field(default_factory=BrokerSettings)
     redis: RedisSettings = field(default_factory=RedisSettings)
@@ -290,6 +303,7 @@ class Settings:
     journey: JourneySettings = field(default_factory=JourneySettings)
     pos: PosSettings = field(default_factory=PosSettings)
     dispatch: DispatchSettings = field(default_factory=DispatchSettings)
+    security: SecuritySettings = field(default_factory=SecuritySettings)
     #: The settings file these were loaded from (None: built in code).
     source: ConfigFile | None = field(default=None, compare=False)
 
@@ -380,16 +394,37 @@ def load_settings(
     return settings
 
 
+def with_environ(settings: Settings, environ: Mapping[str, str], where: str) -> Settings:
+    """``settings`` with the ``JOURNEY_<SECTION>_<FIELD>`` values of ``environ`` applied."""
+    for name in SECTIONS:
+        section = getattr(settings, name)
+        values = {}
+        for f in fields(section):
+            var = f"{ENV_PREFIX}{name}_{f.name}".upper()
+            if var in environ:
+                values[f.name] = environ[var]
+        if values:
+            settings = replace(settings, **{name: _merge(section, values, where)})
+    return settings
+
+
 def as_dict(settings: Settings) -> dict[str, Any]:
     """Plain-data view, for ``journey config`` and logs (secrets masked)."""
     out = {name: dataclasses.asdict(getattr(settings, name)) for name in SECTIONS}
     for section in out.values():
         for key, value in section.items():
-            if ("password" in key or "secret" in key or "token" in key) and value:
+            if ("password" in key or "secret" in key) and value:
                 section[key] = "***"
+            elif key == "api_tokens" and value:
+                section[key] = {f"***{i}": role for i, role in enumerate(value.values(), 1)}
             elif key == "url" and isinstance(value, str):
                 section[key] = mask_url(value)
     return out
+
+
+def redis_password(url: str) -> str | None:
+    """The password in a ``redis://[user]:password@host`` URL, or None."""
+    return urlsplit(url).password
 
 
 def mask_url(url: str) -> str:

@@ -22,19 +22,27 @@ from tests.helpers import REPO
 COMPOSE_FILE = REPO / "docker-compose.yml"
 DOCKERFILE = REPO / "Dockerfile"
 
-_VARIABLE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::?-([^}]*))?\}|\$\$")
+_VARIABLE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::?([-?])([^}]*))?\}|\$\$")
 _URL_PORT = re.compile(r"(https?://[^/:'\"\s]+:)(\d+)")
 
 
+class MissingVariable(ValueError):
+    """A ``${VAR:?message}`` of the compose file with VAR unset or empty."""
+
+
 def interpolate(text: str, environ: Mapping[str, str]) -> str:
-    """Compose's ``${VAR}``, ``${VAR:-default}`` and ``$$``, as ``docker compose`` expands them."""
+    """Compose's ``${VAR}``, ``${VAR:-default}``, ``${VAR:?error}`` and ``$$``."""
 
     def expand(match: re.Match[str]) -> str:
         if match.group(0) == "$$":
             return "$"
-        name, default = match.group(1), match.group(2)
+        name, kind, arg = match.group(1), match.group(2), match.group(3)
         value = environ.get(name)
-        return value if value else (default or "")
+        if value:
+            return value
+        if kind == "?":
+            raise MissingVariable(arg or f"{name} is required")
+        return arg or ""
 
     return _VARIABLE.sub(expand, text)
 

@@ -11,6 +11,9 @@ import pytest
 
 from stream.settings import Settings, load_settings
 
+#: The admin token of every test worker's HTTP API.
+API_TOKEN = "test-admin-token"
+
 
 @pytest.fixture(scope="session")
 def stack_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
@@ -82,11 +85,14 @@ def settings(broker: object, unique: str, tmp_path: Path) -> Settings:
                 "data_dir": str(tmp_path / "worker"),
                 # Tansu under-reports end offsets after batched writes (see settings).
                 "recovery_consistency_check": False,
+                "api_tokens": {API_TOKEN: "admin"},
             },
             "pos": {
                 "checkpoint": str(tmp_path / "pos" / "checkpoint.json"),
                 "rejects": str(tmp_path / "pos" / "rejects.jsonl"),
             },
+            # A loopback test stack: the packaged placeholder secrets are fine here.
+            "security": {"allow_default_secrets": True},
         },
     )
 

@@ -15,6 +15,8 @@ from __future__ import annotations
 import csv
 import io
 import os
+import re
+import secrets
 import signal
 import subprocess
 import sys
@@ -33,6 +35,7 @@ from stream.embedded import EmbeddedStack, free_port
 from stream.topics import read_topic
 from tests.compose import (
     ComposeFile,
+    MissingVariable,
     Service,
     image_environment,
     image_workdir,
@@ -45,8 +48,14 @@ from tests.procs import http_get
 
 pytestmark = pytest.mark.slow
 
-#: Values an operator puts in the compose project's .env (the compose defaults otherwise).
-OPERATOR_ENV: dict[str, str] = {}
+#: What an operator puts in the compose project's .env: the secrets compose requires.
+OPERATOR_ENV: dict[str, str] = {
+    "REDIS_PASSWORD": secrets.token_urlsafe(16),
+    "GRAFANA_ADMIN_PASSWORD": secrets.token_urlsafe(16),
+    "JOURNEY_DISPATCH_TRACKING_SECRET": secrets.token_urlsafe(32),
+    "JOURNEY_COLLECTOR_WRITE_KEYS": f"{secrets.token_urlsafe(12)}=web",
+    "JOURNEY_WORKER_API_TOKENS": f"{secrets.token_urlsafe(24)}=admin",
+}
 
 
 @dataclass
@@ -186,7 +195,8 @@ def test_installed_package_runs_the_compose_services(
     installed: InstalledPackage, tmp_path: Path
 ) -> None:
     compose = ComposeFile.load(environ=OPERATOR_ENV)
-    with EmbeddedStack(tmp_path / "stack") as stack:
+    redis_password = OPERATOR_ENV["REDIS_PASSWORD"]
+    with EmbeddedStack(tmp_path / "stack", redis_password=redis_password) as stack:
         assert stack.redis is not None and stack.smtp is not None
         overrides = {
             "JOURNEY_BROKER_URL": stack.broker.url,
@@ -317,9 +327,10 @@ def shop(
     # cancelled his, and brought him the welcome email instead.
     wait_for(lambda: (mail_for(ada_mail), mail_for(bob_mail)), lambda r: r[0] and r[1], 120)
     (port_w,) = compose["worker"].container_ports()
-    status, journey = http_get(
-        f"http://127.0.0.1:{workers[0].host_port(port_w)}/customers/{bob}/journey"
-    )
+    (token,) = [t.split("=")[0] for t in OPERATOR_ENV["JOURNEY_WORKER_API_TOKENS"].split(",")]
+    url = f"http://127.0.0.1:{workers[0].host_port(port_w)}/customers/{bob}/journey"
+    assert http_get(url)[0] == 401, "the worker's API needs a token"
+    status, journey = http_get(url, token=token)
     assert status == 200, journey
     assert journey["stage"] == "purchase", journey
     deadline = int((t0 + timedelta(minutes=31)).timestamp() * 1000)
@@ -334,6 +345,17 @@ def shop(
     )
     assert rules == sorted([(ada, "cart"), (bob, "welcome")]), rules
     assert len(mail_for(ada_mail)) == 1 and len(mail_for(bob_mail)) == 1
+    # Links signed by the dispatcher verify at the collector: both got the same key.
+    (email,) = [m.message for m in stack.smtp.received() if ada_mail in m.rcpt_tos]
+    body = email.get_body(preferencelist=("html",))
+    assert body is not None
+    base = compose["dispatcher"].environment["JOURNEY_DISPATCH_TRACKING_BASE_URL"]
+    pixel = re.search(re.escape(base) + r"/e/open/[^\"'<>\s]+\.gif", body.get_content())
+    assert pixel is not None, body.get_content()[:2000]
+    status, _ = http_get(collector.map(pixel.group(0)).replace("localhost", "127.0.0.1"))
+    assert status == 200
+    tampered = pixel.group(0).replace("/e/open/", "/e/open/x")
+    assert http_get(collector.map(tampered).replace("localhost", "127.0.0.1"))[0] == 400
     assert "cart" in mail_for(ada_mail)[0].lower() or "Ada" in mail_for(ada_mail)[0]
 
 
@@ -361,3 +383,51 @@ def test_installed_package_replays_and_reports_its_files_from_any_folder(
     shown = orjson.loads(installed.run("config", cwd=tmp_path))
     assert {f["origin"] for f in shown["files"]} == {"packaged"}
     assert {f["kind"] for f in shown["files"]} == {"settings", "stage_model", "template"}
+
+
+def test_compose_stops_at_once_naming_a_missing_secret() -> None:
+    env = {k: v for k, v in OPERATOR_ENV.items() if k != "JOURNEY_DISPATCH_TRACKING_SECRET"}
+    with pytest.raises(MissingVariable, match="JOURNEY_DISPATCH_TRACKING_SECRET"):
+        ComposeFile.load(environ=env)
+    # docker-compose itself refuses too (Debian's, installed by scripts/install-system-deps).
+    proc = subprocess.run(
+        ["docker-compose", "-f", str(REPO / "docker-compose.yml"), "config", "-q"],
+        env={"PATH": os.environ["PATH"], **env},
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert proc.returncode != 0
+    assert "JOURNEY_DISPATCH_TRACKING_SECRET" in proc.stderr
+
+
+@pytest.mark.parametrize(
+    ("service", "placeholder", "named"),
+    [
+        ("dispatcher", {"JOURNEY_DISPATCH_TRACKING_SECRET": "change-me"}, "TRACKING_SECRET"),
+        ("dispatcher", {"REDIS_PASSWORD": "change-me"}, "JOURNEY_REDIS_URL"),
+        ("collector", {"JOURNEY_COLLECTOR_WRITE_KEYS": "demo-write-key=web"}, "WRITE_KEYS"),
+        ("collector", {"JOURNEY_DISPATCH_TRACKING_SECRET": "change-me"}, "TRACKING_SECRET"),
+        ("worker", {"JOURNEY_WORKER_API_TOKENS": "change-me=admin"}, "API_TOKENS"),
+    ],
+)
+def test_services_refuse_placeholder_secrets_naming_the_variable(
+    installed: InstalledPackage,
+    tmp_path: Path,
+    service: str,
+    placeholder: dict[str, str],
+    named: str,
+) -> None:
+    compose = ComposeFile.load(environ={**OPERATOR_ENV, **placeholder})
+    spec = compose[service]
+    proc = subprocess.run(
+        [installed.journey, *spec.command],
+        cwd=tmp_path,
+        env=installed.environ({**image_environment(), **spec.environment}),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert named in proc.stderr and "refuses to start with default secrets" in proc.stderr

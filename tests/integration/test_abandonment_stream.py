@@ -18,7 +18,7 @@ from loadtest import simulator
 from stream.settings import Settings
 from stream.topics import ensure_topics
 from tests.helpers import read_topic, wait_for
-from tests.procs import Worker, http_get
+from tests.procs import Worker
 
 MIN = 60_000
 
@@ -146,7 +146,7 @@ def test_backlog_purchase_cancels_and_abandoned_carts_fire_once_after_catch_up(
         # Everyone's journey settled: purchases in, nothing pending.
         for name in store_buyers + web_buyers:
             wait_for(
-                lambda name=name: http_get(f"{worker.url}/customers/{name}/journey"),
+                lambda name=name: worker.api(f"/customers/{name}/journey"),
                 lambda r: (
                     r[0] == 200
                     and r[1]["orders"]["count"] == 1

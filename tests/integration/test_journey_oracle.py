@@ -227,7 +227,7 @@ def comparable(state: dict) -> dict:
 def assert_states_equal(worker: Worker, oracle: Any, settings: Settings | None = None) -> None:
     mismatches = []
     for state in oracle.final_states():
-        status, body = http_get(f"{worker.url}/customers/{state.key}/journey")
+        status, body = worker.api(f"/customers/{state.key}/journey")
         want = comparable(state.summary())
         if status != 200 or comparable(body) != want:
             mismatches.append(
@@ -241,7 +241,7 @@ def assert_states_equal(worker: Worker, oracle: Any, settings: Settings | None =
 def settled_journey(worker: Worker, customer: str, events: int, timeout_s: float) -> dict:
     """The customer's journey once it holds ``events`` events and none pending."""
     return wait_for(
-        lambda: http_get(f"{worker.url}/customers/{customer}/journey"),
+        lambda: worker.api(f"/customers/{customer}/journey"),
         lambda r: r[0] == 200 and r[1]["events"] == events and r[1]["pending_events"] == 0,
         timeout_s=timeout_s,
     )[1]
@@ -271,12 +271,12 @@ def test_stream_equals_oracle(journey_settings: Settings, tmp_path: Path) -> Non
         assert sorted(triggers) == sorted(want_triggers)
 
         model = journey_model(journey_settings)
-        status, funnel = http_get(f"{worker.url}/funnel")
+        status, funnel = worker.api("/funnel")
         assert status == 200
         assert funnel == orjson.loads(
             orjson.dumps(combine([funnel_figures(oracle.final_states(), model)], model))
         )
-        status, body = http_get(f"{worker.url}/customers/nobody-at-all/journey")
+        status, body = worker.api("/customers/nobody-at-all/journey")
         assert status == 404 and "error" in body
         want = dict.fromkeys(model.all_stages, 0.0)
         for state in oracle.final_states():
@@ -404,7 +404,7 @@ def test_web_and_pos_events_of_one_person_end_in_one_journey(
         assert state["anonymous_ids"] == ["device-9"]
         assert [v["stage"] for v in state["history"]] == ["awareness", "consideration", "purchase"]
         for orphan in ("anon:device-9", "loyalty:LOY-9"):
-            status, body = http_get(f"{worker.url}/customers/{orphan}/journey")
+            status, body = worker.api(f"/customers/{orphan}/journey")
             assert status == 404 or body.get("merged_into") == "cust-9", (orphan, status, body)
     finally:
         worker.stop()

@@ -221,7 +221,7 @@ def test_every_dashboard_query_returns_data_from_real_prometheus(
         def populations() -> tuple[dict[str, float], dict[str, float]]:
             answer = prom.query("sum by (stage) (journey_stage_customers)")
             got = {r["metric"]["stage"]: float(r["value"][1]) for r in answer["data"]["result"]}
-            _, funnel = http_get(f"{workers[0].url}/funnel")
+            _, funnel = workers[0].api("/funnel")
             want = dict.fromkeys(model.all_stages, 0.0)
             for entry in funnel["stages"]:
                 want[entry["stage"]] = float(entry["customers"])

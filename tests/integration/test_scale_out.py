@@ -70,7 +70,7 @@ def journey_mismatches(worker: Worker, wanted: dict[str, dict[str, Any]]) -> lis
     """Customers whose journey, as ``worker`` answers it, differs from the oracle's."""
 
     def check(key: str) -> tuple | None:
-        status, body = http_get(f"{worker.url}/customers/{key}/journey", timeout=30)
+        status, body = worker.api(f"/customers/{key}/journey", timeout=30)
         if status != 200:
             return (key, status, body)
         got = comparable(body)
