@@ -64,6 +64,11 @@ def test_click_targets_only_the_shop_host() -> None:
         "//evil.com",
         "https://shop.example.com.evil.com/",
         "",
+        # Header splitting: a Location with CR/LF would add a header of the attacker's.
+        "https://shop.example.com/x\r\nSet-Cookie: a=b",
+        "https://shop.example.com/x\nLocation: https://evil.com/",
+        "https://shop.example.com/x y",
+        "https://shop.example.com/" + "a" * 3000,
     ):
         assert not same_host(bad, shop)
 
