@@ -117,7 +117,7 @@ def run_pipeline(
         env = {**os.environ, **to_environ(worker_settings)}
         log = (workdir / f"worker{i}.log").open("wb")
         proc = subprocess.Popen(
-            [sys.executable, "-m", "stream.cli", "worker", "--loglevel", "warning"],
+            [sys.executable, "-m", "stream.cli", "worker", "--log-level", "warning"],
             cwd=ROOT,
             env=env,
             stdout=log,

@@ -108,13 +108,15 @@ def cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
     from stream.topics import ensure_topics
 
     settings = resolve_broker(settings)
+    if args.data_dir is not None:
+        settings = replace(settings, worker=replace(settings.worker, data_dir=args.data_dir))
     require_secrets(settings, "worker")
     ensure_topics(settings)
     use_uvloop()
     app = build_worker_app(settings, store=args.store, web_port=args.web_port)
     tune_gc()
-    worker = Worker(app, loglevel=args.loglevel, redirect_stdouts=False)
-    quiet_client_logs(args.loglevel)
+    worker = Worker(app, loglevel=args.log_level, redirect_stdouts=False)
+    quiet_client_logs(args.log_level)
     worker.execute_from_commandline()
     return 0
 
@@ -131,8 +133,8 @@ def cmd_dispatcher(args: argparse.Namespace, settings: Settings) -> int:
     require_secrets(settings, "dispatcher")
     ensure_topics(settings)
     app = build_dispatcher_app(settings)
-    worker = Worker(app, loglevel=args.loglevel, redirect_stdouts=False)
-    quiet_client_logs(args.loglevel)
+    worker = Worker(app, loglevel=args.log_level, redirect_stdouts=False)
+    quiet_client_logs(args.log_level)
     worker.execute_from_commandline()
     return 0
 
@@ -210,7 +212,7 @@ def cmd_stack(args: argparse.Namespace, settings: Settings) -> int:
 
     from stream.embedded import EmbeddedStack
 
-    workdir = settings.path("var/stack")
+    workdir = settings.path(args.dir)
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     with EmbeddedStack(workdir) as stack:
@@ -281,13 +283,20 @@ def build_parser() -> argparse.ArgumentParser:
     ) -> argparse.ArgumentParser:
         p = sub.add_parser(name, help=text, description=text)
         p.set_defaults(func=fun)
+        # Also after the command (journey worker --log-level warning); set only when given.
+        p.add_argument("--log-level", default=argparse.SUPPRESS, help="logging level")
         return p
 
-    add(
+    p = add(
         "stack",
         cmd_stack,
         "Start the embedded Kafka-compatible broker, Redis and SMTP catcher "
         "on loopback and record their addresses in var/stack.json for the other commands.",
+    )
+    p.add_argument(
+        "--dir",
+        default="var/stack",
+        help="where the stack keeps its logs, Redis files and the mail folder (default: var/stack)",
     )
 
     p = add(
@@ -303,7 +312,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--store", default=None, help="table store URL: rocksdb:// (default) or memory://"
     )
-    p.add_argument("--loglevel", default="info")
+    p.add_argument(
+        "--data-dir",
+        default=None,
+        help="where the tables' RocksDB files live (default: [worker] data_dir)",
+    )
 
     p = add(
         "dispatcher",
@@ -316,7 +329,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--web-port", type=int, default=None, help="HTTP port (default: [dispatch] web_port)"
     )
-    p.add_argument("--loglevel", default="info")
 
     p = add(
         "suppress",

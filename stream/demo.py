@@ -310,11 +310,11 @@ def run_demo(settings: Settings, duration_s: float, rate: float, workdir: Path |
         pos_file.parent.mkdir(parents=True, exist_ok=True)
         pos_file.touch()
         try:
-            worker = Child("worker", ["worker", "--loglevel", "warning"], env, logs / "worker.log")
+            worker = Child("worker", ["worker", "--log-level", "warning"], env, logs / "worker.log")
             collector = Child("collector", ["collector"], env, logs / "collector.log")
             pos = Child("pos", ["pos", str(pos_file), "--follow"], env, logs / "pos.log")
             dispatcher = Child(
-                "dispatcher", ["dispatcher", "--loglevel", "warning"], env, logs / "dispatcher.log"
+                "dispatcher", ["dispatcher", "--log-level", "warning"], env, logs / "dispatcher.log"
             )
             children += [worker, collector, pos, dispatcher]
             worker_url = f"http://127.0.0.1:{settings.worker.web_port}"

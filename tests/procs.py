@@ -109,7 +109,7 @@ class Worker(Service):
     def __init__(self, settings: Settings, log_path: Path, web_port: int | None = None):
         self.web_port = web_port or free_port()
         settings = replace(settings, worker=replace(settings.worker, web_port=self.web_port))
-        super().__init__(["worker", "--loglevel", "info"], settings, log_path, {})
+        super().__init__(["worker", "--log-level", "info"], settings, log_path, {})
 
     @property
     def url(self) -> str:
@@ -253,7 +253,7 @@ def dispatch_settings(
 
 class Dispatcher(Service):
     def __init__(self, settings: Settings, log_path: Path) -> None:
-        super().__init__(["dispatcher", "--loglevel", "info"], settings, log_path, {})
+        super().__init__(["dispatcher", "--log-level", "info"], settings, log_path, {})
 
     @property
     def url(self) -> str:
