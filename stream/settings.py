@@ -250,6 +250,13 @@ class DispatchSettings:
     key_prefix: str = "journey:dispatch:"
     #: How long an in-flight idempotency claim lives; must outlast all send attempts.
     claim_ttl_s: float = 120.0
+    #: This dispatcher's identity, unique among running dispatchers ("": the host
+    #: name, unique per container). A restarted process of the same instance takes
+    #: over its dead predecessor's claims at once instead of waiting ``claim_ttl_s``.
+    instance_id: str = ""
+    #: The instance's lease in Redis: one live process per instance id. A killed
+    #: process's lease lapses after this long; a restart waits at most twice that.
+    instance_lease_s: float = 10.0
     #: How long a sent (or otherwise decided) trigger id is remembered.
     sent_retention_s: float = 30 * 86400.0
     #: Frequency cap: at most ``cap_max`` follow-ups per customer per ``cap_window_s``.
