@@ -6,11 +6,12 @@ STAMP := $(VENV)/.installed
 ARGS ?=
 PYTEST_ARGS ?=
 
-.PHONY: help venv demo test test-unit test-integration lint format bench clean
+.PHONY: help venv system-deps demo test test-unit test-integration check lint format bench clean
 
 help:
 	@echo "make demo   - run the engine embedded with simulated shoppers (ARGS='--duration 90')"
 	@echo "make test   - run the whole test suite (unit + integration + e2e)"
+	@echo "make check  - what CI checks beyond the tests: compose file, Prometheus config, lint"
 	@echo "make lint   - ruff and mypy on stream/"
 	@echo "make bench  - throughput benchmark (loadtest/results/bench.json)"
 
@@ -23,17 +24,29 @@ $(STAMP): pyproject.toml
 
 venv: $(STAMP)
 
+# System packages the tests and checks need (Prometheus, docker-compose); a no-op once present.
+system-deps:
+	scripts/install-system-deps
+
 demo: $(STAMP)
 	$(BIN)/journey demo $(ARGS)
 
-test: $(STAMP)
+test: $(STAMP) system-deps
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
 
 test-unit: $(STAMP)
 	$(BIN)/python -m pytest -q tests/unit $(PYTEST_ARGS)
 
-test-integration: $(STAMP)
+test-integration: $(STAMP) system-deps
 	$(BIN)/python -m pytest -q tests/integration tests/e2e $(PYTEST_ARGS)
+
+# docker-compose.yml requires its secrets; placeholders stand in for the syntax check.
+COMPOSE_CHECK_ENV := REDIS_PASSWORD=x JOURNEY_DISPATCH_TRACKING_SECRET=x GRAFANA_ADMIN_PASSWORD=x \
+	JOURNEY_COLLECTOR_WRITE_KEYS=x=web JOURNEY_WORKER_API_TOKENS=x=admin
+
+check: $(STAMP) system-deps lint
+	$(COMPOSE_CHECK_ENV) docker-compose -f docker-compose.yml config -q
+	promtool check config config/prometheus/prometheus.yml
 
 lint: $(STAMP)
 	$(BIN)/ruff check stream loadtest tests

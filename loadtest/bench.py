@@ -43,11 +43,12 @@ from typing import Any
 
 from loadtest import latency, simulator
 from loadtest.baselines import raw
-from stream.app import all_topic_partitions
 from stream.embedded import EmbeddedBroker, free_port
-from stream.settings import ROOT, Settings, load_settings, to_environ
-from stream.topics import create_topics
+from stream.settings import Settings, load_settings, to_environ
+from stream.topics import ensure_topics
 
+#: The checkout the benchmark runs from (it is a development tool, not in the wheel).
+ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "loadtest" / "results" / "bench.json"
 DAY_MS = 86_400_000
 
@@ -116,7 +117,7 @@ def run_pipeline(
         env = {**os.environ, **to_environ(worker_settings)}
         log = (workdir / f"worker{i}.log").open("wb")
         proc = subprocess.Popen(
-            [sys.executable, "-m", "stream.cli", "worker", "--loglevel", "warning"],
+            [sys.executable, "-m", "stream.cli", "worker", "--log-level", "warning"],
             cwd=ROOT,
             env=env,
             stdout=log,
@@ -263,8 +264,8 @@ def main(argv: list[str] | None = None) -> int:
         # The single-worker run reads the same touchpoints with its own group and
         # its own internal topics (a group reading the other's would re-apply them).
         single = pipeline_settings(base, run_id, args.partitions, "w1-")
-        create_topics(settings.broker.bootstrap, all_topic_partitions(settings))
-        create_topics(single.broker.bootstrap, all_topic_partitions(single))
+        ensure_topics(settings)
+        ensure_topics(single)
         start = int(time.time() * 1000) - 3 * DAY_MS
         t = time.perf_counter()
         events = simulator.generate(

@@ -22,6 +22,7 @@ import faust
 import orjson
 from faust.serializers import codecs
 
+from stream import security
 from stream.settings import BrokerSettings, Settings
 
 log = logging.getLogger(__name__)
@@ -97,7 +98,7 @@ def faust_app(
     seek_uncommitted_to_beginning()
     seek_with_flow_stopped()
     log_offset_gaps()
-    return faust.App(
+    app = faust.App(
         w.app_id,
         broker=",".join(f"kafka://{h}" for h in b.bootstrap.split(",")),
         broker_credentials=broker_credentials(b),
@@ -125,7 +126,17 @@ def faust_app(
         broker_max_poll_records=w.max_poll_records,
         stream_wait_empty=False,
         recovery_consistency_check=w.recovery_consistency_check,
+        # Faust's own views would show table contents (/table) and assignments to
+        # anyone; the engine's views are guarded by API tokens instead.
+        web_tables_enabled=False,
+        web_router_enabled=False,
+        web_stats_enabled=False,
+        web_graph_enabled=False,
     )
+    app.web.web_app.middlewares.append(  # type: ignore[attr-defined]
+        security.middleware(w.api_tokens)
+    )
+    return app
 
 
 #: Codecs both Kafka clients here read with the installed libraries (aiokafka
@@ -144,10 +155,11 @@ def producer_compression(name: str) -> str | None:
 async def fetched_end_offsets(bootstrap: str, ends: dict[Any, int]) -> dict[Any, int]:
     """End offsets as fetch responses report them (the high watermark), per partition.
 
-    The embedded Tansu broker answers ListOffsets with the start of a
-    partition's last record batch + 1, not its end; its fetch responses carry
-    the true high watermark. Reads one record at ``end - 1`` of each partition
-    and returns ``max(end, high watermark)``.
+    ``ends`` maps partitions to the end offsets ListOffsets gave; returns
+    ``max(end, high watermark)`` for each, read from one record at ``end - 1``.
+    Why: the embedded Tansu broker under-reports ListOffsets; its fetch
+    responses carry the true end (docs/faust-internals.md, "Table recovery on
+    the embedded broker").
     """
     from aiokafka import AIOKafkaConsumer
 
@@ -184,11 +196,12 @@ _recovery_patched: list[str] = []
 def recover_to_fetched_end(bootstrap: str) -> None:
     """Make table recovery read changelogs to their fetched end (embedded broker only).
 
-    Faust stops recovering a changelog partition at the end offset ListOffsets
-    gave; on Tansu that is short of the last batch, so a new owner would miss
-    the journeys the previous owner wrote last. Patches Faust's recovery to
-    take the end from a fetch (see :func:`fetched_end_offsets`). Only the
-    embedded stack turns it on (``worker.recovery_consistency_check = false``).
+    Patches ``faust.tables.recovery.Recovery._build_highwaters`` to take each
+    changelog's end from :func:`fetched_end_offsets`; applied only when
+    ``worker.recovery_consistency_check`` is off, as the embedded stack sets it.
+    Why: Faust stops at the ListOffsets end, which the embedded broker
+    under-reports, so a new owner would miss the journeys written last.
+    See docs/faust-internals.md, "Table recovery on the embedded broker".
     """
     if _recovery_patched:
         return
@@ -213,15 +226,13 @@ def recover_to_fetched_end(bootstrap: str) -> None:
 
 
 def consumer_fetch_max_wait(ms: int) -> None:
-    """Give the worker's consumer ``fetch_max_wait_ms=ms`` (Faust hard-codes 1,500).
+    """Give the worker's consumer ``fetch_max_wait_ms=ms`` (``worker.fetch_max_wait_ms``).
 
-    The embedded Tansu broker answers a waiting fetch when its wait runs out,
-    not when records arrive (a probe: 0.07-0.71 s from send to delivery on an
-    idle partition with Faust's wait, 0.01-0.03 s with 100 ms). What ingest
-    forwards to the journey agent on ``touchpoints.resolved`` then reached it
-    late while ingest waited for the journey agent (``keep_pace``): both sat
-    idle much of the time, and the benchmark's two workers used 0.67 of a core
-    each. With 100 ms, 0.87.
+    Patches ``AIOKafkaConsumerThread._create_worker_consumer`` of Faust's
+    aiokafka driver, which hard-codes 1,500 ms. Why: a broker that answers a
+    waiting fetch only when the wait runs out (the embedded one) would deliver
+    what ingest forwards to the journey agent that late. See
+    docs/faust-internals.md, "Consumer fetch wait".
     """
     from faust.transport.drivers import aiokafka as driver
 
@@ -255,19 +266,13 @@ async def rewind_to_committed(consumer: Any, changelogs: Any) -> dict[Any, int |
 def seek_uncommitted_to_beginning() -> None:
     """Make Faust's "seek to committed offsets" rewind partitions without a commit too.
 
-    Faust drops records it has fetched but not yet handed to an agent when a
-    rebalance stops its flow (``Consumer.getmany``: "Seek back to committed
-    offsets"), and after every recovery it seeks all partitions to their
-    committed offsets (``perform_seek``), resetting its own read offsets to
-    them (None where there is no commit). aiokafka's ``seek_to_committed``
-    seeks only offsets above 0, so a partition the group never committed (or
-    committed at 0) stayed where the dropped fetch had left it: a worker
-    taking over from one killed before its first commit was seen stopped at
-    the end of such a partition, 319 records fetched and none processed.
-    Patched, those partitions go back to their beginning, which is where the
-    group's ``auto_offset_reset = "earliest"`` starts them and where Faust's
-    read offsets (None) say they are. Changelog partitions are left alone:
-    recovery seeks them itself, to the offsets the stores persisted.
+    Patches ``seek_to_committed`` of Faust's ``AIOKafkaConsumerThread`` to run
+    :func:`rewind_to_committed`: input partitions without a committed offset
+    (or committed at 0) go to their beginning; changelog partitions are left
+    to recovery. Why: Faust drops fetched records when a rebalance stops its
+    flow and relies on this seek to re-read them, but aiokafka seeks only
+    offsets above 0, so such a partition stayed past the dropped records.
+    See docs/faust-internals.md, "Seek to committed offsets without a commit".
     """
     from faust.transport.drivers import aiokafka as driver
 
@@ -290,20 +295,14 @@ PARK_TIMEOUT_S = 10.0
 def seek_with_flow_stopped() -> None:
     """Make Faust's seek to committed offsets stop the fetch loop first.
 
-    When a rebalance completes, Faust resumes the input partitions, seeks
-    them to their committed offsets and resumes the flow, but the flow is
-    already running then (table recovery turned it on to read changelogs).
-    A fetch made before the seek, from positions that records dropped during
-    the rebalance had moved on, can then be handed out after it: Faust takes
-    the jump for a hole in the partition (counted as done, later committed),
-    and drops the re-fetched records as already read. Seen on the embedded
-    broker under heavy load: a takeover worker skipped a ``touchpoints``
-    partition from offset 748 to 854 and a few dozen journeys lost their
-    first visits. Patched, a seek made while the flow runs stops it, clears
-    the agents' queues of what was fetched before (as Faust does when a
-    rebalance starts), waits until the fetch loop is waiting for the flow
-    again, seeks, then resumes. A seek made with the flow stopped (the fetch
-    loop's own, after a rebalance stopped it) is unchanged.
+    Patches ``faust.transport.consumer.Consumer.perform_seek`` (and
+    ``_wait_next_records``, to see when the fetch loop is parked): a seek made
+    while the flow runs stops it, clears the agents' queues, waits (at most
+    ``PARK_TIMEOUT_S``) until the fetch loop waits for the flow, seeks, then
+    resumes; a seek made with the flow stopped is unchanged. Why: after
+    recovery the flow is already running, so a fetch made before the seek
+    could be handed out after it and Faust would skip records as a hole.
+    See docs/faust-internals.md, "Seek while the fetch loop runs".
     """
     from faust.transport.consumer import Consumer
 
@@ -354,12 +353,10 @@ def seek_with_flow_stopped() -> None:
 def log_offset_gaps() -> None:
     """Log a warning when the worker's consumer meets a hole in a partition's offsets.
 
-    Faust counts offsets it never saw between two records it read as done (a
-    compacted topic, transaction markers), so a commit moves past them. The
-    engine's own producers write no transactions and its topics are not
-    compacted, so a hole there means records the worker skipped, which the
-    warning names (a transactional producer writing to ``touchpoints`` would
-    leave one-offset holes at its commit markers too).
+    Wraps ``faust.transport.consumer.Consumer._add_gap``; behaviour is
+    unchanged. Why: Faust silently counts offsets it never received as done,
+    and the engine's topics are neither compacted nor transactional, so a hole
+    means skipped records. See docs/faust-internals.md, "Offset holes".
     """
     from faust.transport.consumer import Consumer
 
@@ -379,13 +376,11 @@ def log_offset_gaps() -> None:
 def rocksdb_without_wal() -> None:
     """Open table stores with RocksDB's write-ahead log off, as Kafka Streams does.
 
-    Every table write also goes to its changelog topic, which is what recovery
-    reads; the store records in itself how far that changelog is (Faust's
-    persisted offset, in the same database as the values). Without the log, a
-    killed worker loses what RocksDB had not yet flushed to its files, values
-    and that offset together, so on restart the changelog is replayed from
-    an earlier offset: a longer recovery, the same state. A put cost about a
-    third (1.7 against 5.5 us in a probe with journey-sized values).
+    Patches ``faust.stores.rocksdb.RocksDBOptions.open`` (rocksdict stores,
+    read-write). Why: the changelog topic is the durable copy and the store
+    keeps its changelog offset beside the values, so a killed worker loses
+    both together and recovery replays from the earlier offset; the log only
+    made every put slower. See docs/faust-internals.md, "RocksDB write-ahead log".
     """
     from faust.stores import rocksdb as driver
 
@@ -412,17 +407,13 @@ def rocksdb_without_wal() -> None:
 def flush_waits_for_buffer() -> None:
     """Make Faust's producer flush wait until its buffer is empty (before every commit).
 
-    Faust flushes the producer before committing offsets, but its
-    ``ProducerBuffer.flush`` gives up as soon as 0.1 s pass without a message
-    leaving the buffer (``flush_atmost``: a busy event loop, or a send waiting
-    for room in aiokafka's accumulator), and the commit goes ahead. Table
-    writes (changelog records) are queued in that buffer, so a worker killed
-    then could have committed input offsets whose state changes never reached
-    the changelog: a new owner would recover a journey without events it will
-    never read again. Patched, ``flush`` waits until every message queued before the
-    call has been handed to aiokafka, whose own flush (next in
-    ``Producer.flush``) then waits for delivery. The buffer crashing while
-    messages wait raises instead of letting the commit through.
+    Patches ``faust.transport.producer.ProducerBuffer`` (``put``,
+    ``_send_pending``, ``flush``): ``flush`` returns once every message queued
+    before the call was handed to aiokafka, whose own flush then waits for
+    delivery; it raises if the buffer stops with messages unsent. Why: Faust's
+    flush gives up after 0.1 s without progress and the offset commit goes
+    ahead, so a killed worker could lose state changes of committed input.
+    See docs/faust-internals.md, "Producer flush before commit".
     """
     from faust.transport.producer import ProducerBuffer
 
@@ -474,10 +465,9 @@ class Handoff:
 
     The ingest agent packs and sends them; the journey agent, usually in the
     same worker, reads them back a moment later and takes the touchpoints from
-    here instead of decoding the bytes again (about 7% of a worker's time). An
-    entry is used only if the bytes read are the bytes sent, so a wrong offset
-    can cost a decode, never data. Bounded; stale entries (partitions another
-    worker consumes) fall out.
+    here instead of decoding the bytes again. An entry is used only if the
+    bytes read are the bytes sent, so a wrong offset can cost a decode, never
+    data. Bounded; stale entries (partitions another worker consumes) fall out.
     """
 
     def __init__(self, max_bytes: int = 64 << 20) -> None:
@@ -515,12 +505,12 @@ async def send_direct(
 ) -> asyncio.Future[Any]:
     """Hand one record straight to the producer; returns its delivery future.
 
-    ``topic.send`` builds a pending message, queues it in Faust's producer
-    buffer and runs the send sensors for every record: several times the cost
-    of aiokafka's own ``send`` on the hot path. Faust's flush before each
-    offset commit waits for these records all the same (aiokafka's flush), so
-    the at-least-once order (records out, then offsets) holds. Faust's
-    messages-sent sensor does not count them.
+    Faust's flush before each offset commit still waits for it (aiokafka's
+    flush), so records go out before their input's offsets are committed;
+    Faust's messages-sent sensor does not count it. Why: ``topic.send`` costs
+    several times aiokafka's ``send`` per record (pending message, buffer,
+    sensors). See docs/faust-internals.md, "Sends and table writes outside
+    Faust's send path".
     """
     fut: asyncio.Future[Any] = await app.producer.send(
         topic.get_topic_name(), key, value, partition, None, None
@@ -531,9 +521,9 @@ async def send_direct(
 def key_partitions(app: Any, topic: str, limit: int = 1_000_000) -> Callable[[str], int]:
     """The partition of ``topic`` a key hashes to (the producer's partitioner), cached.
 
-    aiokafka's murmur2 is pure Python (~5 us a key); a cache smaller than the
-    ids in play is cleared over and over (about 100 MB when full). Sending
-    with the partition from here skips the producer's own partitioner.
+    Holds at most ``limit`` keys (cleared when full). Why: aiokafka's murmur2
+    is pure Python; sending with the partition from here skips it. See
+    docs/faust-internals.md, "Sends and table writes outside Faust's send path".
     """
     cache: dict[str, int] = {}
 
@@ -552,9 +542,10 @@ def read_raw(table: Any, key: bytes) -> bytes | None:
     """A raw (bytes) table value, or None, read straight from the store.
 
     Same value as ``table.get(key)`` (the store reads the current event's
-    partition either way), without the per-read table sensors, the separate
-    "contains" lookup and the KeyError of a miss: most reads on the hot path
-    are misses (new shoppers, raw ids with no identity record).
+    partition either way), through the store's private ``_get`` where it has
+    one. Why: it skips the per-read sensors, the separate "contains" lookup and
+    the KeyError of a miss, and most hot-path reads are misses. See
+    docs/faust-internals.md, "Sends and table writes outside Faust's send path".
     """
     get = getattr(table.data, "_get", None)  # stores that serialise (RocksDB)
     if get is None:
@@ -571,19 +562,22 @@ async def write_raw(
 
     The same two writes as a table write: the store (which writes to the
     current event's partition: ``partition`` must be it), then the changelog
-    record on that partition, straight to the producer (:func:`send_direct`;
-    Faust's flush before each offset commit still waits for it). Pass the
-    returned future (the last one per partition is enough: delivery is in
-    order) to :func:`changelog_persisted`, which records in the store how far
-    its changelog is, as Faust's ``_on_changelog_sent`` does. Faust's table-set
-    sensor does not count these writes.
+    record on that partition through :func:`send_direct`. Pass the returned
+    future (the last one per partition is enough: delivery is in order) to
+    :func:`changelog_persisted`. Faust's table-set sensor does not count these
+    writes. See docs/faust-internals.md, "Sends and table writes outside
+    Faust's send path".
     """
     table.data[key] = value
     return await send_direct(app, table.changelog_topic, value, key=key, partition=partition)
 
 
 def changelog_persisted(table: Any, fut: asyncio.Future[Any]) -> None:
-    """When ``fut`` (a :func:`write_raw` record) is delivered, record its offset in the store."""
+    """When ``fut`` (a :func:`write_raw` record) is delivered, record its offset in the store.
+
+    What Faust's ``Table._on_changelog_sent`` does at least once: recovery
+    starts after this offset.
+    """
 
     def persisted(done: asyncio.Future[Any]) -> None:
         if done.cancelled():
@@ -602,9 +596,10 @@ def changelog_persisted(table: Any, fut: asyncio.Future[Any]) -> None:
 def cached_labels_monitor(monitor: Any) -> Any:
     """Faust's Prometheus monitor with its per-record label lookups cached.
 
-    Same metrics and values; ``labels()`` (a lock and a dict lookup keyed by
-    strings built per call) ran for every message, event, table read/write
-    and send, about a tenth of the worker's time.
+    Same metrics and values as ``faust.sensors.prometheus.PrometheusMonitor``.
+    Why: it calls ``labels()`` (a lock and a lookup keyed by strings built per
+    call) for every message, event, table operation and send. See
+    docs/faust-internals.md, "Prometheus monitor label lookups".
     """
     from faust.sensors.monitor import Monitor
     from faust.sensors.prometheus import PrometheusMonitor
@@ -697,23 +692,6 @@ def declare_topics(app: faust.App, settings: Settings) -> Topics:
         triggers=topic(t.triggers),
         links=topic(t.links),
     )
-
-
-def all_topic_partitions(settings: Settings) -> dict[str, int]:
-    """Every topic the engine uses, with its partition count (for creation)."""
-    t = settings.topics
-    names = [
-        t.touchpoints,
-        t.resolved,
-        t.dlq,
-        t.transitions,
-        t.triggers,
-        t.timers,
-        t.dispatch,
-        t.dispatch_dlq,
-        t.links,
-    ]
-    return {name: t.partitions for name in names}
 
 
 def build_worker_app(settings: Settings, **kwargs: Any) -> faust.App:

@@ -24,23 +24,30 @@ from collections.abc import Callable, Sequence
 from dataclasses import replace
 from pathlib import Path
 
-from stream.settings import Settings, as_dict, load_settings
+from stream.defaults import ConfigError
+from stream.security import require_secrets
+from stream.settings import Settings, as_dict, load_settings, with_environ
 
 log = logging.getLogger("journey")
 
 STACK_FILE = "var/stack.json"
 
 
+def resolve_stack(settings: Settings) -> Settings:
+    """With no broker set, every part of a running ``journey stack`` (``var/stack.json``
+    in the working directory): its broker, Redis, SMTP catcher and API token."""
+    stack = settings.path(STACK_FILE)
+    if settings.broker.url or not stack.exists():
+        return settings
+    info = json.loads(stack.read_text())
+    return with_environ(settings, info["environment"], str(stack))
+
+
 def resolve_broker(settings: Settings) -> Settings:
-    """Fill in the broker URL from a running ``journey stack`` when none is set."""
+    """:func:`resolve_stack`, and exit saying what to do when there is still no broker."""
+    settings = resolve_stack(settings)
     if settings.broker.url:
         return settings
-    stack = settings.path(STACK_FILE)
-    if stack.exists():
-        info = json.loads(stack.read_text())
-        embedded = settings.with_broker(info["broker_url"])
-        # Tansu under-reports end offsets after batched writes; see WorkerSettings.
-        return replace(embedded, worker=replace(embedded.worker, recovery_consistency_check=False))
     raise SystemExit(
         "No broker configured: set JOURNEY_BROKER_URL (e.g. kafka://localhost:9092), "
         "or start the embedded one with `journey stack` in another terminal, "
@@ -56,12 +63,10 @@ def quiet_client_logs(level: str) -> None:
 
 
 def cmd_topics(args: argparse.Namespace, settings: Settings) -> int:
-    from stream.app import all_topic_partitions
-    from stream.topics import create_topics
+    from stream.topics import ensure_topics
 
     settings = resolve_broker(settings)
-    topics = all_topic_partitions(settings)
-    create_topics(settings.broker.bootstrap, topics)
+    topics = ensure_topics(settings)
     print(json.dumps({"created_or_present": topics}))
     return 0
 
@@ -69,7 +74,8 @@ def cmd_topics(args: argparse.Namespace, settings: Settings) -> int:
 def use_uvloop() -> None:
     """Run the worker on uvloop when it is installed (a dependency except on Windows).
 
-    Faust supports it; on an empty agent it measured ~20% more messages/s.
+    Faust supports it, and it cuts the event loop's share of the per-message
+    cost (see docs/performance.md, "Where a worker's time goes").
     """
     try:
         import uvloop
@@ -79,17 +85,14 @@ def use_uvloop() -> None:
 
 
 def tune_gc() -> None:
-    """Fewer cyclic-GC passes in the worker.
+    """Fewer cyclic-GC passes in the worker: freeze the start-up heap, gen-0 threshold 500,000.
 
-    The worker allocates millions of short-lived objects (decoded events,
-    states) that reference counting frees; with the default gen-0 threshold
-    (700) the collector kept re-scanning the long-lived heap (cached states,
-    de-duplication ids, due indexes) and took about half the time of decoding
-    a batch. Objects alive after start-up are frozen out of collection; full
-    collections still run, every ~50 million allocations instead of ~70,000.
-    A gen-0 pass costs about what is alive and young when it runs (decoded
-    states in flux), not what was freed since, so fewer passes cost less: at
-    100,000 they took about 3% of a benchmark worker's time.
+    Objects alive after start-up are frozen out of collection, and the gen-0
+    threshold goes from Python's 700 to 500,000 (gen-1 and gen-2 stay at 10).
+    Why: the worker makes millions of short-lived objects that reference
+    counting frees, and each pass re-scans the young heap (decoded states in
+    flux), so fewer passes cost less. See docs/performance.md, "Where a
+    worker's time goes".
     """
     import gc
 
@@ -101,16 +104,19 @@ def tune_gc() -> None:
 def cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
     from faust.worker import Worker
 
-    from stream.app import all_topic_partitions, build_worker_app
-    from stream.topics import create_topics
+    from stream.app import build_worker_app
+    from stream.topics import ensure_topics
 
     settings = resolve_broker(settings)
-    create_topics(settings.broker.bootstrap, all_topic_partitions(settings))
+    if args.data_dir is not None:
+        settings = replace(settings, worker=replace(settings.worker, data_dir=args.data_dir))
+    require_secrets(settings, "worker")
+    ensure_topics(settings)
     use_uvloop()
     app = build_worker_app(settings, store=args.store, web_port=args.web_port)
     tune_gc()
-    worker = Worker(app, loglevel=args.loglevel, redirect_stdouts=False)
-    quiet_client_logs(args.loglevel)
+    worker = Worker(app, loglevel=args.log_level, redirect_stdouts=False)
+    quiet_client_logs(args.log_level)
     worker.execute_from_commandline()
     return 0
 
@@ -118,17 +124,17 @@ def cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
 def cmd_dispatcher(args: argparse.Namespace, settings: Settings) -> int:
     from faust.worker import Worker
 
-    from stream.app import all_topic_partitions
     from stream.dispatch.app import build_dispatcher_app
-    from stream.topics import create_topics
+    from stream.topics import ensure_topics
 
     settings = resolve_broker(settings)
     if args.web_port is not None:
         settings = replace(settings, dispatch=replace(settings.dispatch, web_port=args.web_port))
-    create_topics(settings.broker.bootstrap, all_topic_partitions(settings))
+    require_secrets(settings, "dispatcher")
+    ensure_topics(settings)
     app = build_dispatcher_app(settings)
-    worker = Worker(app, loglevel=args.loglevel, redirect_stdouts=False)
-    quiet_client_logs(args.loglevel)
+    worker = Worker(app, loglevel=args.log_level, redirect_stdouts=False)
+    quiet_client_logs(args.log_level)
     worker.execute_from_commandline()
     return 0
 
@@ -139,6 +145,9 @@ def cmd_suppress(args: argparse.Namespace, settings: Settings) -> int:
     import redis.asyncio as aioredis
 
     from stream.dispatch.guards import Guards, Keys
+
+    settings = resolve_stack(settings)
+    require_secrets(settings, "suppress")
 
     async def run() -> dict[str, object]:
         client = aioredis.Redis.from_url(settings.redis.url)
@@ -167,6 +176,7 @@ def cmd_collector(args: argparse.Namespace, settings: Settings) -> int:
     settings = resolve_broker(settings)
     if args.port is not None:
         settings = replace(settings, collector=replace(settings.collector, port=args.port))
+    require_secrets(settings, "collector")
     run(settings)
     return 0
 
@@ -202,16 +212,20 @@ def cmd_stack(args: argparse.Namespace, settings: Settings) -> int:
 
     from stream.embedded import EmbeddedStack
 
-    workdir = settings.path("var/stack")
+    workdir = settings.path(args.dir)
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     with EmbeddedStack(workdir) as stack:
-        info = {"broker_url": stack.broker.url, **stack.env()}
+        info = stack.describe()
         path = settings.path(STACK_FILE)
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps(info, indent=2))
         print(json.dumps(info, indent=2), flush=True)
-        print("Embedded stack running; Ctrl-C stops it.", flush=True)
+        print(
+            f"Embedded stack running; the other journey commands started in this folder "
+            f"use it ({path}). Emails land in {info['mail_folder']}. Ctrl-C stops it.",
+            flush=True,
+        )
         try:
             stop.wait()
         except KeyboardInterrupt:
@@ -234,7 +248,15 @@ def cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_config(args: argparse.Namespace, settings: Settings) -> int:
-    print(json.dumps(as_dict(settings), indent=2, default=str))
+    from stream.defaults import export
+    from stream.settings import files_in_use
+
+    if args.export is not None:
+        written = export(args.export)
+        print(json.dumps({"exported": [str(p) for p in written]}, indent=2))
+        return 0
+    files = [f.to_dict() for f in files_in_use(settings)]
+    print(json.dumps({"files": files, "settings": as_dict(settings)}, indent=2, default=str))
     return 0
 
 
@@ -245,9 +267,14 @@ def build_parser() -> argparse.ArgumentParser:
             "Real-time customer-journey engine: touchpoints -> Kafka -> Faust agents -> "
             "stages, transitions, abandonment and follow-ups."
         ),
-        epilog="Settings come from config/journey.toml and JOURNEY_<SECTION>_<FIELD> variables.",
+        epilog=(
+            "Settings: the packaged defaults, then the file named by --config or "
+            "JOURNEY_CONFIG, then JOURNEY_<SECTION>_<FIELD> variables (`journey config`)."
+        ),
     )
-    parser.add_argument("--config", help="settings file (default: config/journey.toml)")
+    parser.add_argument(
+        "--config", help="settings file (default: $JOURNEY_CONFIG, else the packaged defaults)"
+    )
     parser.add_argument("--log-level", default="info", help="logging level (default: info)")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
@@ -256,13 +283,20 @@ def build_parser() -> argparse.ArgumentParser:
     ) -> argparse.ArgumentParser:
         p = sub.add_parser(name, help=text, description=text)
         p.set_defaults(func=fun)
+        # Also after the command (journey worker --log-level warning); set only when given.
+        p.add_argument("--log-level", default=argparse.SUPPRESS, help="logging level")
         return p
 
-    add(
+    p = add(
         "stack",
         cmd_stack,
         "Start the embedded Kafka-compatible broker, Redis and SMTP catcher "
         "on loopback and record their addresses in var/stack.json for the other commands.",
+    )
+    p.add_argument(
+        "--dir",
+        default="var/stack",
+        help="where the stack keeps its logs, Redis files and the mail folder (default: var/stack)",
     )
 
     p = add(
@@ -278,7 +312,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--store", default=None, help="table store URL: rocksdb:// (default) or memory://"
     )
-    p.add_argument("--loglevel", default="info")
+    p.add_argument(
+        "--data-dir",
+        default=None,
+        help="where the tables' RocksDB files live (default: [worker] data_dir)",
+    )
 
     p = add(
         "dispatcher",
@@ -291,7 +329,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--web-port", type=int, default=None, help="HTTP port (default: [dispatch] web_port)"
     )
-    p.add_argument("--loglevel", default="info")
 
     p = add(
         "suppress",
@@ -372,7 +409,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("rest", nargs=argparse.REMAINDER, help="arguments for loadtest.bench")
 
     add("topics", cmd_topics, "Create every topic the engine uses (idempotent).")
-    add("config", cmd_config, "Print the effective settings as JSON (secrets masked).")
+    p = add(
+        "config",
+        cmd_config,
+        "Print the files in use (packaged default or user file) and the effective "
+        "settings as JSON (secrets masked).",
+    )
+    p.add_argument(
+        "--export",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help="write the packaged settings file, stage models and templates into DIR to edit",
+    )
     return parser
 
 
@@ -380,20 +429,40 @@ def build_parser() -> argparse.ArgumentParser:
 PASS_THROUGH = {"simulate", "bench"}
 
 
+#: Options before the command that take a value (``journey --config FILE simulate``).
+GLOBAL_VALUE_OPTIONS = {"--config", "--log-level"}
+
+
+def command_index(argv: Sequence[str]) -> int | None:
+    """Where the subcommand is in ``argv`` (after the global options), or None."""
+    i = 0
+    while i < len(argv):
+        arg = argv[i]
+        if arg in GLOBAL_VALUE_OPTIONS:
+            i += 2
+        elif arg.startswith("-"):
+            i += 1
+        else:
+            return i
+    return None
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     argv = list(sys.argv[1:] if argv is None else argv)
-    command = next((a for a in argv if not a.startswith("-")), None)
-    if command in PASS_THROUGH:
-        i = argv.index(command)
+    i = command_index(argv)
+    if i is not None and argv[i] in PASS_THROUGH:
         rest = argv[i + 1 :]
         argv = [*argv[: i + 1], "--", *rest] if rest and rest[0] != "--" else argv
     args = parser.parse_args(argv)
     logging.basicConfig(
         level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
-    settings = load_settings(args.config)
-    return int(args.func(args, settings) or 0)
+    try:
+        settings = load_settings(args.config)
+        return int(args.func(args, settings) or 0)
+    except ConfigError as exc:
+        parser.exit(2, f"journey: configuration error: {exc}\n")
 
 
 if __name__ == "__main__":

@@ -28,11 +28,10 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from stream.app import all_topic_partitions
 from stream.embedded import EmbeddedStack, free_port
 from stream.embedded.stack import parent_death_hook
-from stream.settings import ROOT, Settings, to_environ
-from stream.topics import create_topics
+from stream.settings import Settings, to_environ
+from stream.topics import ensure_topics
 
 #: Share of simulated web calls sent with one malformed message, to show the DLQ.
 BAD_CALL_RATE = 0.05
@@ -51,7 +50,6 @@ class Child:
         with log.open("ab") as fh:
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "stream.cli", *args],
-                cwd=ROOT,
                 env={**os.environ, **env},
                 stdout=fh,
                 stderr=subprocess.STDOUT,
@@ -257,7 +255,7 @@ def render(
 
 def run_demo(settings: Settings, duration_s: float, rate: float, workdir: Path | None) -> int:
     """Run the demo; returns the process exit status."""
-    workdir = workdir or ROOT / "var" / "demo" / time.strftime("%Y%m%d-%H%M%S")
+    workdir = (workdir or Path("var") / "demo" / time.strftime("%Y%m%d-%H%M%S")).absolute()
     workdir.mkdir(parents=True, exist_ok=True)
     print(f"journey demo: starting the embedded stack in {workdir}", flush=True)
     stop = threading.Event()
@@ -274,6 +272,7 @@ def run_demo(settings: Settings, duration_s: float, rate: float, workdir: Path |
                 data_dir=str(workdir / "worker"),
                 web_port=free_port(),
                 recovery_consistency_check=False,  # Tansu: see WorkerSettings
+                api_tokens={stack.api_token: "admin"},
             ),
             collector=replace(settings.collector, port=free_port()),
             pos=replace(
@@ -281,6 +280,8 @@ def run_demo(settings: Settings, duration_s: float, rate: float, workdir: Path |
                 checkpoint=str(workdir / "pos" / "checkpoint.json"),
                 rejects=str(workdir / "pos" / "rejects.jsonl"),
             ),
+            # Loopback only: the packaged placeholder secrets are fine here.
+            security=replace(settings.security, allow_default_secrets=True),
             # A demo wants to see stages settle and carts abandoned within seconds.
             journey=replace(
                 settings.journey,
@@ -302,18 +303,18 @@ def run_demo(settings: Settings, duration_s: float, rate: float, workdir: Path |
         settings = replace(
             settings, dispatch=replace(settings.dispatch, tracking_base_url=collector_url)
         )
-        create_topics(settings.broker.bootstrap, all_topic_partitions(settings))
+        ensure_topics(settings)
         env = to_environ(settings)
         logs = workdir / "logs"
         pos_file = workdir / "pos" / "sales.jsonl"
         pos_file.parent.mkdir(parents=True, exist_ok=True)
         pos_file.touch()
         try:
-            worker = Child("worker", ["worker", "--loglevel", "warning"], env, logs / "worker.log")
+            worker = Child("worker", ["worker", "--log-level", "warning"], env, logs / "worker.log")
             collector = Child("collector", ["collector"], env, logs / "collector.log")
             pos = Child("pos", ["pos", str(pos_file), "--follow"], env, logs / "pos.log")
             dispatcher = Child(
-                "dispatcher", ["dispatcher", "--loglevel", "warning"], env, logs / "dispatcher.log"
+                "dispatcher", ["dispatcher", "--log-level", "warning"], env, logs / "dispatcher.log"
             )
             children += [worker, collector, pos, dispatcher]
             worker_url = f"http://127.0.0.1:{settings.worker.web_port}"
@@ -327,7 +328,9 @@ def run_demo(settings: Settings, duration_s: float, rate: float, workdir: Path |
             shoppers = Shoppers(settings, events, pos_file, stop)
             print(
                 f"journey demo: worker {worker_url}  collector {collector_url}  "
-                f"{customers} simulated customers over {duration_s:.0f}s (Ctrl-C stops)",
+                f"{customers} simulated customers over {duration_s:.0f}s (Ctrl-C stops)\n"
+                f"journey demo: the worker's API token (admin) is {stack.api_token}: "
+                f"curl -H 'Authorization: Bearer {stack.api_token}' {worker_url}/funnel",
                 flush=True,
             )
             started = time.monotonic()
@@ -354,6 +357,7 @@ def run_demo(settings: Settings, duration_s: float, rate: float, workdir: Path |
             stop.set()
             shoppers.join(5)
             report = final_report(
+                stack.api_token,
                 worker_url,
                 collector_url,
                 dispatcher_url,
@@ -371,6 +375,7 @@ def run_demo(settings: Settings, duration_s: float, rate: float, workdir: Path |
 
 
 def final_report(
+    api_token: str,
     worker_url: str,
     collector_url: str,
     dispatcher_url: str,
@@ -381,7 +386,7 @@ def final_report(
     worker = scrape(f"{worker_url}/metrics")
     collector = scrape(f"{collector_url}/metrics")
     dispatcher = scrape(f"{dispatcher_url}/metrics")
-    status, funnel = http(f"{worker_url}/funnel")
+    status, funnel = http(f"{worker_url}/funnel", headers={"Authorization": f"Bearer {api_token}"})
     return {
         "seconds": round(elapsed, 1),
         "web_events_sent": shoppers.sent["web"],

@@ -1,10 +1,12 @@
 """One settings object for every service, built once from TOML and the environment.
 
-Precedence (lowest first): the defaults below, ``config/journey.toml`` (or the
-file named by ``JOURNEY_CONFIG``), then ``JOURNEY_<SECTION>_<FIELD>`` environment
-variables (``JOURNEY_BROKER_URL``, ``JOURNEY_REDIS_URL``,
-``JOURNEY_COLLECTOR_PORT``, ``JOURNEY_TOPICS_PARTITIONS`` ...). Nothing else in
-the package reads ``os.environ``; the settings object is passed down.
+Precedence (lowest first): the defaults below (also written out, with comments,
+in the packaged ``stream/defaults/journey.toml``), the settings file named by
+``JOURNEY_CONFIG`` (or ``journey --config``), then ``JOURNEY_<SECTION>_<FIELD>``
+environment variables (``JOURNEY_BROKER_URL``, ``JOURNEY_REDIS_URL``,
+``JOURNEY_COLLECTOR_PORT``, ``JOURNEY_TOPICS_PARTITIONS`` ...). Relative paths
+are relative to the working directory. Nothing else in the package reads
+``os.environ``; the settings object is passed down.
 """
 
 from __future__ import annotations
@@ -18,11 +20,18 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 import orjson
 
-ROOT = Path(__file__).resolve().parent.parent
-CONFIG_DIR = ROOT / "config"
+from stream.defaults import (
+    ConfigError,
+    ConfigFile,
+    settings_file,
+    stage_model_file,
+    template_files,
+)
+
 ENV_PREFIX = "JOURNEY_"
 
 
@@ -180,6 +189,10 @@ class WorkerSettings:
     #: ``none``. Journey states are repetitive JSON: zstd shrank a batch of them
     #: 21x in a probe and about halved the broker's work (see README "Throughput").
     compression: str = "zstd"
+    #: Bearer tokens of the HTTP API: token -> role (``read``: the funnel and the
+    #: journey map; ``admin``: also one customer's journey, export and erasure).
+    #: Health, readiness and metrics need none. Empty: only those are served.
+    api_tokens: Mapping[str, str] = field(default_factory=dict)
     #: Faust's check that a table's persisted offset is not past the changelog's end.
     #: Keep it on with Kafka; the embedded Tansu broker under-reports end offsets
     #: after batched writes, so the embedded stack turns it off.
@@ -224,8 +237,11 @@ DEFAULT_FOLLOWUPS: tuple[Mapping[str, Any], ...] = (
 
 @dataclass(frozen=True)
 class JourneySettings:
-    #: Stage model file name in ``config/stages`` or a path.
+    #: A stage model's name (looked up in ``stages_dir``, then among the packaged
+    #: ``five-stage`` and ``see-think-do-care``) or the path of a ``.toml`` file.
     stage_model: str = "five-stage"
+    #: A folder of the user's own stage models ("": the packaged ones only).
+    stages_dir: str = ""
     #: Events up to this much older than the newest one seen are still placed in
     #: order; stages settle (and transitions are emitted) once the watermark passes.
     allowed_lateness_s: float = 600.0
@@ -272,6 +288,13 @@ class DispatchSettings:
     key_prefix: str = "journey:dispatch:"
     #: How long an in-flight idempotency claim lives; must outlast all send attempts.
     claim_ttl_s: float = 120.0
+    #: This dispatcher's identity, unique among running dispatchers ("": the host
+    #: name, unique per container). A restarted process of the same instance takes
+    #: over its dead predecessor's claims at once instead of waiting ``claim_ttl_s``.
+    instance_id: str = ""
+    #: The instance's lease in Redis: one live process per instance id. A killed
+    #: process's lease lapses after this long; a restart waits at most twice that.
+    instance_lease_s: float = 10.0
     #: How long a sent (or otherwise decided) trigger id is remembered.
     sent_retention_s: float = 30 * 86400.0
     #: Frequency cap: at most ``cap_max`` follow-ups per customer per ``cap_window_s``.
@@ -299,8 +322,19 @@ class DispatchSettings:
     tracking_base_url: str = "http://127.0.0.1:8088"
     #: HMAC key for tracking tokens (open, click, unsubscribe links). Change it.
     tracking_secret: str = "change-me"
-    templates_dir: str = "config/templates"
+    #: A folder of the user's own templates, each overriding the packaged one of
+    #: the same name ("": the packaged templates only).
+    templates_dir: str = ""
     smtp_timeout_s: float = 10.0
+
+
+@dataclass(frozen=True)
+class SecuritySettings:
+    """Checks on secrets at start (see :mod:`stream.security`)."""
+
+    #: Accept empty or packaged default secrets (tracking key, Redis password, write
+    #: keys). Only the embedded stack, the demo and the tests set it.
+    allow_default_secrets: bool = False
 
 
 @dataclass(frozen=True)
@@ -315,15 +349,21 @@ class Settings:
     journey: JourneySettings = field(default_factory=JourneySettings)
     pos: PosSettings = field(default_factory=PosSettings)
     dispatch: DispatchSettings = field(default_factory=DispatchSettings)
+    security: SecuritySettings = field(default_factory=SecuritySettings)
+    #: The settings file these were loaded from (None: built in code).
+    source: ConfigFile | None = field(default=None, compare=False)
 
     def with_broker(self, url: str) -> Settings:
         """A copy pointing at ``url`` (used once the embedded broker is up)."""
         return replace(self, broker=replace(self.broker, url=url))
 
     def path(self, value: str) -> Path:
-        """Resolve a configured path relative to the project root."""
-        p = Path(value)
-        return p if p.is_absolute() else ROOT / p
+        """A configured path, absolute (relative ones from the working directory)."""
+        return Path(value).expanduser().absolute()
+
+
+#: The sections of :class:`Settings` (``[broker]``, ``[redis]`` ...), in order.
+SECTIONS = tuple(f.name for f in fields(Settings) if f.name != "source")
 
 
 def _coerce(value: Any, annotation: Any) -> Any:
@@ -350,8 +390,13 @@ def _merge(section: Any, values: Mapping[str, Any], where: str) -> Any:
     known = {f.name for f in fields(section)}
     unknown = set(values) - known
     if unknown:
-        raise ValueError(f"unknown setting(s) in {where}: {', '.join(sorted(unknown))}")
-    changes = {k: _coerce(v, hints[k]) for k, v in values.items()}
+        raise ConfigError(f"unknown setting(s) in {where}: {', '.join(sorted(unknown))}")
+    changes = {}
+    for k, v in values.items():
+        try:
+            changes[k] = _coerce(v, hints[k])
+        except (ValueError, TypeError) as exc:
+            raise ConfigError(f"{where}: {k} = {v!r} is not valid: {exc}") from None
     return replace(section, **changes)
 
 
@@ -366,14 +411,20 @@ def load_settings(
     CLI use them.
     """
     env = dict(os.environ if environ is None else environ)
-    settings = Settings()
-    path = Path(config_file or env.get("JOURNEY_CONFIG") or CONFIG_DIR / "journey.toml")
-    data: dict[str, Any] = {}
-    if path.exists():
-        with path.open("rb") as fh:
-            data = tomllib.load(fh)
-    sections = {f.name for f in fields(settings)}
-    for name in sections:
+    source = settings_file(
+        config_file or env.get("JOURNEY_CONFIG"),
+        "--config" if config_file else "JOURNEY_CONFIG",
+    )
+    path = source.location
+    try:
+        data: dict[str, Any] = tomllib.loads(source.read_bytes().decode())
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"settings file {path!r} is not valid TOML: {exc}") from None
+    unknown = set(data) - set(SECTIONS)
+    if unknown:
+        raise ConfigError(f"unknown section(s) in {path}: {', '.join(sorted(unknown))}")
+    settings = Settings(source=source)
+    for name in SECTIONS:
         section = getattr(settings, name)
         file_values = data.get(name, {})
         env_values = {}
@@ -389,21 +440,54 @@ def load_settings(
     return settings
 
 
+def with_environ(settings: Settings, environ: Mapping[str, str], where: str) -> Settings:
+    """``settings`` with the ``JOURNEY_<SECTION>_<FIELD>`` values of ``environ`` applied."""
+    for name in SECTIONS:
+        section = getattr(settings, name)
+        values = {}
+        for f in fields(section):
+            var = f"{ENV_PREFIX}{name}_{f.name}".upper()
+            if var in environ:
+                values[f.name] = environ[var]
+        if values:
+            settings = replace(settings, **{name: _merge(section, values, where)})
+    return settings
+
+
 def as_dict(settings: Settings) -> dict[str, Any]:
     """Plain-data view, for ``journey config`` and logs (secrets masked)."""
-    out = dataclasses.asdict(settings)
+    out = {name: dataclasses.asdict(getattr(settings, name)) for name in SECTIONS}
     for section in out.values():
-        for key in section:
-            if ("password" in key or "secret" in key) and section[key]:
+        for key, value in section.items():
+            if ("password" in key or "secret" in key) and value:
                 section[key] = "***"
+            elif key == "api_tokens" and value:
+                section[key] = {f"***{i}": role for i, role in enumerate(value.values(), 1)}
+            elif key == "url" and isinstance(value, str):
+                section[key] = mask_url(value)
     return out
+
+
+def redis_password(url: str) -> str | None:
+    """The password in a ``redis://[user]:password@host`` URL, or None."""
+    return urlsplit(url).password
+
+
+def mask_url(url: str) -> str:
+    """``url`` with the password of its user info (``redis://:pw@host``) masked."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    user = parts.username or ""
+    host = parts.netloc.rpartition("@")[2]
+    return urlunsplit(parts._replace(netloc=f"{user}:***@{host}"))
 
 
 def to_environ(settings: Settings) -> dict[str, str]:
     """``JOURNEY_*`` variables that rebuild ``settings`` in a child process."""
     env: dict[str, str] = {}
-    for section in fields(settings):
-        values = getattr(settings, section.name)
+    for name in SECTIONS:
+        values = getattr(settings, name)
         for f in fields(values):
             value = getattr(values, f.name)
             if isinstance(value, tuple):
@@ -414,5 +498,22 @@ def to_environ(settings: Settings) -> dict[str, str]:
                 text = "true" if value else "false"
             else:
                 text = str(value)
-            env[f"{ENV_PREFIX}{section.name}_{f.name}".upper()] = text
+            env[f"{ENV_PREFIX}{name}_{f.name}".upper()] = text
     return env
+
+
+def templates_in_use(settings: Settings) -> list[str]:
+    """The template names the configured abandonment rules and follow-ups send."""
+    rules = (*settings.journey.abandonment, *settings.journey.followups)
+    return sorted({str(rule["template"]) for rule in rules if rule.get("template")})
+
+
+def files_in_use(settings: Settings) -> list[ConfigFile]:
+    """Every file the services read at run time, with where it comes from.
+
+    Raises :class:`ConfigError` naming a configured file or folder that is missing.
+    """
+    out = [settings.source or settings_file(None)]
+    out.append(stage_model_file(settings.journey.stage_model, settings.journey.stages_dir))
+    out.extend(template_files(templates_in_use(settings), settings.dispatch.templates_dir))
+    return out

@@ -11,12 +11,67 @@ from kafka import KafkaConsumer, TopicPartition
 from kafka.admin import KafkaAdminClient, NewTopic
 from kafka.errors import TopicAlreadyExistsError
 
+from stream.settings import BrokerSettings, Settings
+
+
+def client_options(broker: BrokerSettings) -> dict[str, Any]:
+    """kafka-python connection options, including SASL/TLS pass-through."""
+    opts: dict[str, Any] = {
+        "bootstrap_servers": broker.bootstrap.split(","),
+        "security_protocol": broker.security_protocol,
+    }
+    if broker.sasl_mechanism:
+        opts["sasl_mechanism"] = broker.sasl_mechanism
+        opts["sasl_plain_username"] = broker.sasl_username
+        opts["sasl_plain_password"] = broker.sasl_password
+    if broker.ssl_cafile:
+        opts["ssl_cafile"] = broker.ssl_cafile
+    return opts
+
+
+def all_topic_partitions(settings: Settings) -> dict[str, int]:
+    """Every topic the engine uses, with its partition count (for creation)."""
+    t = settings.topics
+    names = [
+        t.touchpoints,
+        t.resolved,
+        t.dlq,
+        t.transitions,
+        t.triggers,
+        t.timers,
+        t.dispatch,
+        t.dispatch_dlq,
+        t.links,
+    ]
+    return {name: t.partitions for name in names}
+
+
+def ensure_topics(settings: Settings) -> dict[str, int]:
+    """Create every topic the engine uses (idempotent), with the configured security and
+    ``topics.replication_factor``; returns them with their partition counts."""
+    topics = all_topic_partitions(settings)
+    create_topics(
+        settings.broker.bootstrap,
+        topics,
+        settings.topics.replication_factor,
+        client=client_options(settings.broker),
+    )
+    return topics
+
 
 def create_topics(
-    bootstrap: str, topics: Mapping[str, int], replication: int = 1, timeout_s: float = 20.0
+    bootstrap: str,
+    topics: Mapping[str, int],
+    replication: int = 1,
+    timeout_s: float = 20.0,
+    client: Mapping[str, Any] | None = None,
 ) -> None:
-    """Create ``topics`` (name -> partitions) if missing and wait until all are visible."""
-    admin = KafkaAdminClient(bootstrap_servers=bootstrap.split(","), client_id="journey-admin")
+    """Create ``topics`` (name -> partitions) if missing and wait until all are visible.
+
+    ``client`` holds kafka-python connection options (:func:`client_options`).
+    """
+    options = {"bootstrap_servers": bootstrap.split(","), **(client or {})}
+    admin = KafkaAdminClient(client_id="journey-admin", **options)
     try:
         existing = set(admin.list_topics())
         missing = [NewTopic(n, p, replication) for n, p in topics.items() if n not in existing]

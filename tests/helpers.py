@@ -10,7 +10,13 @@ from typing import TypeVar
 from stream.settings import Settings, load_settings
 from stream.topics import read_topic
 
-__all__ = ["isolated_settings", "read_topic", "wait_for"]
+__all__ = ["API_TOKEN", "REPO", "isolated_settings", "read_topic", "wait_for"]
+
+#: The admin token of every test worker's HTTP API.
+API_TOKEN = "test-admin-token"
+
+#: The checkout the tests run from (deployment files under config/, docs, compose).
+REPO = Path(__file__).resolve().parent.parent
 
 T = TypeVar("T")
 
@@ -57,10 +63,13 @@ def isolated_settings(broker_url: str, unique: str, tmp_path: Path) -> Settings:
                 "data_dir": str(tmp_path / "worker"),
                 # Tansu under-reports end offsets after batched writes (see settings).
                 "recovery_consistency_check": False,
+                "api_tokens": {API_TOKEN: "admin"},
             },
             "pos": {
                 "checkpoint": str(tmp_path / "pos" / "checkpoint.json"),
                 "rejects": str(tmp_path / "pos" / "rejects.jsonl"),
             },
+            # A loopback test stack: the packaged placeholder secrets are fine here.
+            "security": {"allow_default_secrets": True},
         },
     )

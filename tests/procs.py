@@ -15,14 +15,21 @@ from typing import Any
 import orjson
 
 from stream.embedded import free_port
-from stream.settings import ROOT, Settings, to_environ
+from stream.settings import Settings, to_environ
+from tests.helpers import REPO as ROOT
 from tests.helpers import wait_for
 
 
-def http_get(url: str, timeout: float = 5.0) -> tuple[int, Any]:
-    """GET ``url`` and return (status, decoded JSON or text); (0, error) if unreachable."""
+def http_get(url: str, timeout: float = 5.0, token: str | None = None) -> tuple[int, Any]:
+    """GET ``url`` and return (status, decoded JSON or text); (0, error) if unreachable.
+
+    ``token`` goes as ``Authorization: Bearer`` (the worker's API).
+    """
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
     try:
-        with urllib.request.urlopen(url, timeout=timeout) as resp:
+        with urllib.request.urlopen(
+            urllib.request.Request(url, headers=headers), timeout=timeout
+        ) as resp:
             body = resp.read()
             status = resp.status
     except urllib.error.HTTPError as exc:
@@ -102,11 +109,18 @@ class Worker(Service):
     def __init__(self, settings: Settings, log_path: Path, web_port: int | None = None):
         self.web_port = web_port or free_port()
         settings = replace(settings, worker=replace(settings.worker, web_port=self.web_port))
-        super().__init__(["worker", "--loglevel", "info"], settings, log_path, {})
+        super().__init__(["worker", "--log-level", "info"], settings, log_path, {})
 
     @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.web_port}"
+
+    def api(self, path: str, timeout: float = 5.0) -> tuple[int, Any]:
+        """GET ``path`` of this worker's HTTP API with an admin token of its settings."""
+        token = next(
+            (t for t, role in self.settings.worker.api_tokens.items() if role == "admin"), None
+        )
+        return http_get(f"{self.url}{path}", timeout=timeout, token=token)
 
     def metric(self, name: str, **labels: str) -> float:
         """Sum of a metric's samples matching ``labels`` on this worker's /metrics."""
@@ -239,7 +253,7 @@ def dispatch_settings(
 
 class Dispatcher(Service):
     def __init__(self, settings: Settings, log_path: Path) -> None:
-        super().__init__(["dispatcher", "--loglevel", "info"], settings, log_path, {})
+        super().__init__(["dispatcher", "--log-level", "info"], settings, log_path, {})
 
     @property
     def url(self) -> str:

@@ -9,7 +9,9 @@ serves ``/metrics`` and ``/ready``.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import socket
 from dataclasses import replace
 from typing import Any
 
@@ -19,15 +21,16 @@ import redis.exceptions
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from stream.app import broker_ssl_context, faust_app
+from stream.defaults import template_files
 from stream.dispatch.dispatcher import Dispatcher
-from stream.dispatch.guards import Guards, Keys
+from stream.dispatch.guards import Guards, InstanceLease, Keys, LeaseLost
 from stream.dispatch.outcomes import OutcomeRecord
 from stream.dispatch.render import Renderer
 from stream.dispatch.schedule import Schedule
 from stream.dispatch.signals import SignalProgress, SignalRecorder
 from stream.dispatch.smtp import SmtpSender
 from stream.observability import metrics as m
-from stream.settings import Settings
+from stream.settings import Settings, templates_in_use
 
 log = logging.getLogger(__name__)
 
@@ -108,6 +111,8 @@ def build_dispatcher_app(settings: Settings) -> faust.App:
     settings = dispatcher_settings(settings)
     d = settings.dispatch
     t = settings.topics
+    # Fail at start, naming the file, rather than at the first send of a rule.
+    list(template_files(templates_in_use(settings), d.templates_dir))
     app = faust_app(settings, store="memory://")
 
     def topic(name: str) -> faust.TopicT:
@@ -121,12 +126,15 @@ def build_dispatcher_app(settings: Settings) -> faust.App:
     keys = Keys(d.key_prefix)
     end_offsets = EndOffsets(settings)
     recorder = SignalRecorder(client, keys, t.resolved)
+    lease = InstanceLease(
+        client, keys, d.instance_id or socket.gethostname(), int(d.instance_lease_s * 1000)
+    )
     dispatcher = Dispatcher(
         settings,
-        Guards(client, keys),
+        Guards(client, keys, lease),
         Schedule(client, keys),
         SignalProgress(client, keys, t.resolved, t.partitions, end_offsets),
-        Renderer(settings.path(d.templates_dir)),
+        Renderer(d.templates_dir or None),
         SmtpSender(settings.smtp, d.smtp_timeout_s),
         outbox,
     )
@@ -137,6 +145,46 @@ def build_dispatcher_app(settings: Settings) -> faust.App:
         await end_offsets.close()
 
     app.on_before_shutdown.connect(close_end_offsets)
+
+    async def give_up_lease(sender: Any, /, *args: Any, signal: Any, **kwargs: Any) -> None:
+        # A clean stop hands the instance on at once; a killed process's lease lapses.
+        with contextlib.suppress(redis.exceptions.RedisError):
+            await lease.release()
+
+    app.on_before_shutdown.connect(give_up_lease)
+    held = asyncio.Event()
+
+    @app.task
+    async def take_lease() -> None:
+        # Not ready (and sending nothing) until this process is the instance.
+        while True:
+            try:
+                await lease.acquire()
+                break
+            except LeaseLost as exc:
+                log.error("%s; waiting", exc)
+            except redis.exceptions.RedisError as exc:
+                m.DISPATCH_ERRORS.labels(stage="redis").inc()
+                log.warning("cannot take the instance lease: %r", exc)
+                await asyncio.sleep(d.retry_backoff_s)
+        held.set()
+        log.info("dispatcher instance %s (process %s)", lease.instance_id, lease.incarnation)
+
+    @app.timer(interval=max(0.5, d.instance_lease_s / 3))
+    async def keep_lease() -> None:
+        if not held.is_set():
+            return
+        try:
+            await lease.renew()
+        except LeaseLost as exc:
+            held.clear()
+            log.error("%s; not sending until it is free again", exc)
+            with contextlib.suppress(LeaseLost):
+                await lease.acquire()
+                held.set()
+        except redis.exceptions.RedisError as exc:
+            m.DISPATCH_ERRORS.labels(stage="redis").inc()
+            log.warning("cannot renew the instance lease: %r", exc)
 
     @app.agent(triggers, name="dispatch")
     async def dispatch(stream: faust.StreamT) -> None:
@@ -179,8 +227,14 @@ def build_dispatcher_app(settings: Settings) -> faust.App:
             redis_ok = bool(await client.ping())
         except redis.exceptions.RedisError:
             redis_ok = False
-        is_ready = bool(owned) and not app.rebalancing and redis_ok
-        body: dict[str, Any] = {"ready": is_ready, "redis": redis_ok, "active_partitions": owned}
+        is_ready = bool(owned) and not app.rebalancing and redis_ok and held.is_set()
+        body: dict[str, Any] = {
+            "ready": is_ready,
+            "redis": redis_ok,
+            "instance": lease.instance_id,
+            "lease_held": held.is_set(),
+            "active_partitions": owned,
+        }
         return self.json(body, status=200 if is_ready else 503)
 
     return app

@@ -13,8 +13,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
-import socket
 import time
 import uuid
 from collections.abc import Awaitable, Callable
@@ -23,7 +21,14 @@ from typing import Protocol
 import redis.exceptions
 
 from stream.dispatch import outcomes, tokens
-from stream.dispatch.guards import CLAIMED, INFLIGHT, Guards, customer_of
+from stream.dispatch.guards import (
+    CLAIMED,
+    INFLIGHT,
+    TAKEN_OVER,
+    Guards,
+    LeaseLost,
+    customer_of,
+)
 from stream.dispatch.links import TrackingLinks
 from stream.dispatch.message import build_message, message_id
 from stream.dispatch.outcomes import OutcomeRecord
@@ -84,7 +89,6 @@ class Dispatcher:
         self.clock = clock
         self.sleep = sleep
         self.quiet = QuietHours.parse(self.config.quiet_start, self.config.quiet_end)
-        self.instance = f"{socket.gethostname()}:{os.getpid()}"
 
     def now_ms(self) -> int:
         return int(self.clock() * 1000)
@@ -116,12 +120,21 @@ class Dispatcher:
         source: dict[str, bytes] | None = None,
     ) -> str | None:
         """Decide and act on one trigger, retrying transient errors with backoff."""
-        owner = f"{self.instance}:{uuid.uuid4().hex[:8]}"
+        lease = self.guards.lease
+        incarnation = f"{lease.owner_prefix}{lease.incarnation}" if lease else "anonymous"
+        owner = f"{incarnation}/{uuid.uuid4().hex[:8]}"
         attempts = max(1, self.config.max_attempts)
         last = ""
         for attempt in range(1, attempts + 1):
             try:
                 return await self._attempt(trigger, raw, released, owner)
+            except LeaseLost as exc:
+                # Not this process's to send any more; whoever holds the lease decides.
+                log.warning("trigger %s not sent: %s", trigger.trigger_id, exc)
+                m.DISPATCH_ERRORS.labels(stage="lease").inc()
+                recheck = self.now_ms() + int(self.config.instance_lease_s * 1000)
+                await self.schedule.defer(trigger.trigger_id, raw, recheck)
+                return None
             except RenderError as exc:
                 m.DISPATCH_ERRORS.labels(stage="render").inc()
                 return await self._fail(trigger, raw, released, owner, "render", str(exc), source)
@@ -145,12 +158,14 @@ class Dispatcher:
         tid = trigger.trigger_id
         claim_ttl_ms = int(cfg.claim_ttl_s * 1000)
         claim = await self.guards.claim(tid, owner, claim_ttl_ms, released)
+        if claim.state == TAKEN_OVER:
+            log.info("trigger %s: taking over the claim of this instance's last process", tid)
         if claim.state == INFLIGHT:
             # Someone else (maybe a crashed dispatcher) holds it: look again once it expires.
             await self.schedule.defer(tid, raw, self.now_ms() + claim.ttl_ms + 100)
             log.info("trigger %s is in flight elsewhere; re-check in %d ms", tid, claim.ttl_ms)
             return None
-        if claim.state != CLAIMED:
+        if claim.state not in (CLAIMED, TAKEN_OVER):
             if released:
                 await self.schedule.remove(tid)
             return await self._publish(trigger, outcomes.DEDUPLICATED, f"already {claim.state}")
@@ -185,6 +200,9 @@ class Dispatcher:
             reason = f"{cfg.cap_max} {CHANNEL} follow-ups within {cfg.cap_window_s:g}s"
             return await self._settle(trigger, released, outcomes.CAPPED, reason)
         try:
+            if self.guards.lease is not None:
+                # Paused past the lease, another process may be this instance now.
+                await self.guards.lease.check()
             msg_id = await self._send(trigger, now)
         except BaseException:
             with contextlib.suppress(redis.exceptions.RedisError):

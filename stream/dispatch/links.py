@@ -49,9 +49,16 @@ class TrackingLinks:
         return self._tracking(UNSUBSCRIBE_PATH)
 
 
+#: Longest click-redirect target accepted (browsers and proxies cap URLs near 2-8 KB).
+MAX_REDIRECT_CHARS = 2048
+
+
 def same_host(url: str, base_url: str) -> bool:
     """Whether ``url`` is http(s) on the host (and port) of ``base_url``: the only
-    targets a click redirect may go to (no open redirect)."""
+    targets a click redirect may go to (no open redirect). Control characters and
+    whitespace are refused: in a ``Location`` header they would split the response."""
+    if len(url) > MAX_REDIRECT_CHARS or any(c <= " " or c == "\x7f" for c in url):
+        return False
     try:
         target, base = urlsplit(url), urlsplit(base_url)
     except ValueError:

@@ -1,8 +1,10 @@
-"""Rendering follow-ups from Jinja2 templates in ``config/templates/<template>/``.
+"""Rendering follow-ups from Jinja2 templates.
 
 Each template name (a trigger's ``template``) is a folder with ``subject.txt``,
-``body.txt`` and ``body.html``. HTML is autoescaped; subject and text are not
-(they are not HTML). A missing variable is an error, not an empty string.
+``body.txt`` and ``body.html``, taken from the user's ``dispatch.templates_dir``
+when it has that file, else from the packaged ``stream/defaults/templates``.
+HTML is autoescaped; subject and text are not (they are not HTML). A missing
+variable is an error, not an empty string.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from typing import Any
 
 import jinja2
 
+from stream.defaults import existing_dir
 from stream.dispatch.links import TrackingLinks
 from stream.triggers.trigger import Trigger
 
@@ -34,12 +37,20 @@ def money(amount: float, currency: str = "") -> str:
 
 
 class Renderer:
-    """Loads templates from ``directory`` once; renders a trigger with its links."""
+    """Renders a trigger with its links; templates from ``directory``, then the package.
 
-    def __init__(self, directory: Path) -> None:
-        self.directory = directory
+    ``directory`` (None: the packaged templates only) must exist
+    (:class:`stream.defaults.ConfigError` otherwise).
+    """
+
+    def __init__(self, directory: Path | str | None = None) -> None:
+        user = existing_dir(str(directory or ""), "dispatch.templates_dir")
+        loaders: list[jinja2.BaseLoader] = [jinja2.PackageLoader("stream", "defaults/templates")]
+        if user is not None:
+            loaders.insert(0, jinja2.FileSystemLoader(str(user)))
+        self.directory = f"{user} or the packaged templates" if user else "the packaged templates"
         self.env = jinja2.Environment(
-            loader=jinja2.FileSystemLoader(str(directory)),
+            loader=jinja2.ChoiceLoader(loaders),
             autoescape=jinja2.select_autoescape(enabled_extensions=("html",), default=False),
             undefined=jinja2.StrictUndefined,
             keep_trailing_newline=True,

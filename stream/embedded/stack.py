@@ -21,6 +21,7 @@ import email.policy
 import logging
 import os
 import re
+import secrets
 import shutil
 import signal
 import socket
@@ -266,14 +267,19 @@ class EmbeddedRedis(_ChildProcess):
 
     name = "redis"
 
-    def __init__(self, port: int | None = None, dir: Path | None = None) -> None:
+    def __init__(
+        self, port: int | None = None, dir: Path | None = None, password: str = ""
+    ) -> None:
         self.dir = dir or Path(tempfile.mkdtemp(prefix="journey-redis-"))
+        #: ``requirepass`` ("": none), as a production Redis has one.
+        self.password = password
         super().__init__(port, self.dir / "redis.log")
 
     @property
     def url(self) -> str:
-        """``redis://host:port/0``."""
-        return f"redis://127.0.0.1:{self.port}/0"
+        """``redis://[:password@]host:port/0``."""
+        auth = f":{self.password}@" if self.password else ""
+        return f"redis://{auth}127.0.0.1:{self.port}/0"
 
     def start(self, timeout: float = 15.0) -> EmbeddedRedis:
         """Start redis-server and return once it answers PING."""
@@ -294,6 +300,7 @@ class EmbeddedRedis(_ChildProcess):
             "no",
             "--dir",
             str(self.dir),
+            *(["--requirepass", self.password] if self.password else []),
         ]
 
     def _ready(self) -> bool:
@@ -409,11 +416,21 @@ class EmbeddedStack:
     carrying on past a failing part and raising the first failure at the end.
     """
 
-    def __init__(self, workdir: Path, with_redis: bool = True, with_smtp: bool = True) -> None:
+    def __init__(
+        self,
+        workdir: Path,
+        with_redis: bool = True,
+        with_smtp: bool = True,
+        redis_password: str = "",
+    ) -> None:
         self.workdir = workdir
         self.broker = EmbeddedBroker(log_path=workdir / "broker.log")
-        self.redis = EmbeddedRedis(dir=workdir / "redis") if with_redis else None
+        self.redis = (
+            EmbeddedRedis(dir=workdir / "redis", password=redis_password) if with_redis else None
+        )
         self.smtp = SmtpCatcher(workdir / "mail") if with_smtp else None
+        #: An admin token of the worker's HTTP API, new for every stack.
+        self.api_token = secrets.token_urlsafe(18)
         self._atexit_registered = False
 
     def start(self) -> EmbeddedStack:
@@ -459,6 +476,9 @@ class EmbeddedStack:
             "JOURNEY_BROKER_URL": self.broker.url,
             # Tansu under-reports end offsets after batched writes; see WorkerSettings.
             "JOURNEY_WORKER_RECOVERY_CONSISTENCY_CHECK": "false",
+            "JOURNEY_WORKER_API_TOKENS": f"{self.api_token}=admin",
+            # Loopback only, for a trial: the packaged demo secrets are fine here.
+            "JOURNEY_SECURITY_ALLOW_DEFAULT_SECRETS": "true",
         }
         if self.redis:
             out["JOURNEY_REDIS_URL"] = self.redis.url
@@ -466,6 +486,17 @@ class EmbeddedStack:
             out["JOURNEY_SMTP_HOST"] = self.smtp.host
             out["JOURNEY_SMTP_PORT"] = str(self.smtp.port)
         return out
+
+    def describe(self) -> dict[str, Any]:
+        """Where each part listens, for people and for ``var/stack.json``."""
+        return {
+            "broker_url": self.broker.url,
+            "redis_url": self.redis.url if self.redis else None,
+            "smtp": f"{self.smtp.host}:{self.smtp.port}" if self.smtp else None,
+            "mail_folder": str(self.smtp.maildir) if self.smtp else None,
+            "api_token": self.api_token,
+            "environment": self.env(),
+        }
 
     def __enter__(self) -> EmbeddedStack:
         return self.start()

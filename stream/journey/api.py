@@ -19,6 +19,7 @@ from faust.web import Request, Response, View
 from stream.journey import rules
 from stream.journey.stages import StageModel
 from stream.journey.state import JourneyState
+from stream.security import forward_headers
 
 if TYPE_CHECKING:
     from stream.journey.agent import JourneyShell
@@ -131,7 +132,9 @@ def register_views(app: faust.App, shell: JourneyShell) -> None:
         hosts = {str(h).rstrip("/") for h in app.router.tables_metadata()} - {own}
         parts = [funnel_figures(shell.local_states(), model)]
         for host in sorted(hosts):
-            async with app.http_client.get(f"{host}/funnel/local") as resp:
+            async with app.http_client.get(
+                f"{host}/funnel/local", headers=forward_headers(request)
+            ) as resp:
                 if resp.status != 200:
                     return self.json({"error": f"worker {host} answered {resp.status}"}, status=503)
                 parts.append(await resp.json())

@@ -20,7 +20,7 @@ from stream import contract
 from stream.contract import INTERNAL_SOURCE, Rejected, Touchpoint
 from stream.ingest.identity import LINK, resolve
 from stream.journey import rules
-from stream.journey.clock import NEVER
+from stream.journey.clock import NEVER, DueIndex
 from stream.journey.model import journey_model
 from stream.journey.stages import StageModel
 from stream.journey.state import JourneyState, Transition
@@ -34,8 +34,12 @@ class Oracle:
     """Identity resolution and journey rules over an ordered event log.
 
     The watermark follows the log (newest event time seen minus the allowed
-    lateness), as a single-partition stream would; :meth:`finish` advances every
-    journey to ``until`` (default: everything settles).
+    lateness), as a single-partition stream would. As the stream's timer does,
+    every journey the watermark makes due (pending events, deadlines, lapses)
+    settles when it passes, whether or not an event of its own arrives: an
+    orphan journey that settled before an identity link merged it shows its own
+    transitions in both. :meth:`finish` advances every journey to ``until``
+    (default: everything settles).
     """
 
     def __init__(self, model: StageModel, lateness_ms: int) -> None:
@@ -50,6 +54,8 @@ class Oracle:
         self.max_event_time = NEVER
         self.rejected = 0
         self.duplicates = 0
+        #: Journeys by the watermark at which they next need settling.
+        self.due = DueIndex()
 
     def _collect(self, effects: list[rules.Effect]) -> None:
         transitions, triggers, recoveries = rules.split(effects)
@@ -78,7 +84,23 @@ class Oracle:
         self._collect(out)
         state, out = rules.advance(state, self.watermark, self.model)
         self._collect(out)
-        self.states[res.journey_key] = state
+        self._put(state)
+        self.settle(self.watermark)
+
+    def _put(self, state: JourneyState) -> None:
+        self.states[state.key] = state
+        due = None if state.merged_into is not None else rules.next_due(state, self.model)
+        self.due.schedule(state.key, due)
+
+    def settle(self, watermark: int) -> None:
+        """Advance every journey the watermark made due (the stream's timer checks)."""
+        for key in self.due.pop_due(watermark):
+            state = self.states[key]
+            if state.merged_into is not None:
+                continue
+            state, out = rules.advance(state, watermark, self.model)
+            self._collect(out)
+            self._put(state)
 
     def _identity_effects(self, res: Any) -> None:
         if res.record is not None:
@@ -94,9 +116,10 @@ class Oracle:
             into = self.states.get(into_key) or JourneyState(key=into_key)
             into, out = rules.merge(into, orphan, str(merge_tp.properties["alias"]), self.model)
             self._collect(out)
-            self.states[into_key] = into
             orphan.merged_into = into_key
             orphan.pending = []
+            self._put(orphan)
+            self._put(into)
 
     def finish(self, until: int = END) -> None:
         for key, state in self.states.items():

@@ -1,6 +1,7 @@
 """The stage model: ordered stages and the rules that move a customer between them.
 
-Loaded from ``config/stages/*.toml``; pure data, no I/O after loading.
+Loaded from a TOML file (the packaged ``stream/defaults/stages/*.toml`` or the
+user's own, see :mod:`stream.defaults`); pure data, no I/O after loading.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from stream.contract import Touchpoint
+from stream.defaults import ConfigError, stage_model_file
 from stream.triggers.playbook import Playbook, parse_playbook
 
 DAY_MS = 86_400_000
@@ -154,13 +156,20 @@ def parse_model(data: Mapping[str, Any], where: str = "<model>") -> StageModel:
     )
 
 
-def load_model(name_or_path: str, stages_dir: Path) -> StageModel:
-    """Load ``config/stages/<name>.toml`` or an explicit path."""
-    path = Path(name_or_path)
-    if not path.suffix:
-        path = stages_dir / f"{name_or_path}.toml"
-    with path.open("rb") as fh:
-        return parse_model(tomllib.load(fh), str(path))
+def load_model(name_or_path: str, stages_dir: str | Path = "") -> StageModel:
+    """Load a stage model by name (``stages_dir`` first, then the packaged ones) or path.
+
+    Raises :class:`stream.defaults.ConfigError` naming a file that is missing
+    or not a valid model.
+    """
+    source = stage_model_file(name_or_path, str(stages_dir) if stages_dir else "")
+    try:
+        data = tomllib.loads(source.read_bytes().decode())
+        return parse_model(data, source.location)
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError, ValueError, TypeError, KeyError) as exc:
+        if isinstance(exc, ConfigError):
+            raise
+        raise ConfigError(f"stage model {source.location!r} is not valid: {exc!r}") from None
 
 
 def with_playbook(

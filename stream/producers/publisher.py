@@ -11,7 +11,6 @@ import asyncio
 import logging
 from collections.abc import Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any
 
 from kafka import KafkaProducer
 from kafka.errors import KafkaError
@@ -20,6 +19,7 @@ from kafka.partitioner.default import murmur2
 from stream import contract
 from stream.contract import Touchpoint
 from stream.settings import BrokerSettings
+from stream.topics import client_options
 
 log = logging.getLogger(__name__)
 
@@ -77,21 +77,6 @@ def _packed_values(
 
 class PublishError(RuntimeError):
     """The broker did not acknowledge in time (outage, timeout, rejection)."""
-
-
-def client_options(broker: BrokerSettings) -> dict[str, Any]:
-    """kafka-python connection options, including SASL/TLS pass-through."""
-    opts: dict[str, Any] = {
-        "bootstrap_servers": broker.bootstrap.split(","),
-        "security_protocol": broker.security_protocol,
-    }
-    if broker.sasl_mechanism:
-        opts["sasl_mechanism"] = broker.sasl_mechanism
-        opts["sasl_plain_username"] = broker.sasl_username
-        opts["sasl_plain_password"] = broker.sasl_password
-    if broker.ssl_cafile:
-        opts["ssl_cafile"] = broker.ssl_cafile
-    return opts
 
 
 class Publisher:

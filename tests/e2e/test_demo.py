@@ -4,19 +4,19 @@ from __future__ import annotations
 
 import json
 import subprocess
-import sys
 from pathlib import Path
 
-from stream.settings import ROOT
+from tests.installed import InstalledPackage
 
 
-def test_demo_runs_the_whole_stack_and_exits_cleanly(tmp_path: Path) -> None:
+def test_demo_runs_the_whole_stack_and_exits_cleanly(
+    installed_embedded: InstalledPackage, tmp_path: Path
+) -> None:
+    # The installed package, from a folder of its own, as a user runs it.
     workdir = tmp_path / "demo"
     proc = subprocess.run(
         [
-            sys.executable,
-            "-m",
-            "stream.cli",
+            installed_embedded.journey,
             "demo",
             "--duration",
             "45",
@@ -25,7 +25,8 @@ def test_demo_runs_the_whole_stack_and_exits_cleanly(tmp_path: Path) -> None:
             "--workdir",
             str(workdir),
         ],
-        cwd=ROOT,
+        cwd=tmp_path,
+        env=installed_embedded.environ(),
         capture_output=True,
         text=True,
         timeout=240,

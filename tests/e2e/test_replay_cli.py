@@ -11,7 +11,7 @@ import orjson
 from stream import contract
 from stream.journey.replay import END, run_oracle
 from stream.journey.stages import load_model
-from stream.settings import CONFIG_DIR, ROOT
+from tests.helpers import REPO as ROOT
 
 
 def journey(*args: str) -> subprocess.CompletedProcess[bytes]:
@@ -35,7 +35,7 @@ def test_replay_prints_transitions_and_final_states(tmp_path: Path) -> None:
     assert b"rejected: type is required" in result.stderr
 
     events = [contract.parse(orjson.loads(line)) for line in log.read_bytes().splitlines()[:-1]]
-    oracle = run_oracle(events, load_model("five-stage", CONFIG_DIR / "stages"), 600_000, END)
+    oracle = run_oracle(events, load_model("five-stage"), 600_000, END)
     transitions = [x for x in lines if x["kind"] == "transition"]
     states = {x["customer_id"]: x for x in lines if x["kind"] == "state"}
     assert len(transitions) == len(oracle.transitions) > 0

@@ -15,11 +15,10 @@ from typing import Any
 import orjson
 
 from loadtest import simulator
-from stream.app import all_topic_partitions
 from stream.settings import Settings
-from stream.topics import create_topics
+from stream.topics import ensure_topics
 from tests.helpers import read_topic, wait_for
-from tests.procs import Worker, http_get
+from tests.procs import Worker
 
 MIN = 60_000
 
@@ -90,7 +89,7 @@ def triggers(settings: Settings) -> list[dict[str, Any]]:
 def test_backlog_purchase_cancels_and_abandoned_carts_fire_once_after_catch_up(
     settings: Settings, tmp_path: Path
 ) -> None:
-    create_topics(settings.broker.bootstrap, all_topic_partitions(settings))
+    ensure_topics(settings)
     now = int(time.time() * 1000)
     abandoners = [f"aban{i}" for i in range(10)]
     store_buyers = [f"store{i}" for i in range(8)]
@@ -147,7 +146,7 @@ def test_backlog_purchase_cancels_and_abandoned_carts_fire_once_after_catch_up(
         # Everyone's journey settled: purchases in, nothing pending.
         for name in store_buyers + web_buyers:
             wait_for(
-                lambda name=name: http_get(f"{worker.url}/customers/{name}/journey"),
+                lambda name=name: worker.api(f"/customers/{name}/journey"),
                 lambda r: (
                     r[0] == 200
                     and r[1]["orders"]["count"] == 1

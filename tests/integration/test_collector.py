@@ -29,7 +29,8 @@ from stream import contract
 from stream.contract import Touchpoint
 from stream.producers.collector import BrokerConnection, create_app
 from stream.producers.publisher import Publisher, partition_of
-from stream.settings import ROOT, Settings
+from stream.settings import Settings
+from tests.helpers import REPO as ROOT
 from tests.helpers import read_topic, wait_for
 
 KEY = "test-key"

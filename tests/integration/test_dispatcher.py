@@ -19,14 +19,14 @@ import redis
 from kafka import KafkaProducer
 
 from stream import contract
-from stream.app import all_topic_partitions
 from stream.contract import Touchpoint
 from stream.dispatch import tokens
 from stream.dispatch.signals import partition_for
 from stream.embedded import SmtpCatcher, free_port
-from stream.settings import ROOT, Settings, to_environ
-from stream.topics import create_topics
+from stream.settings import Settings, to_environ
+from stream.topics import ensure_topics
 from stream.triggers.trigger import ABANDONMENT, Trigger, TriggerItem
+from tests.helpers import REPO as ROOT
 from tests.helpers import read_topic, wait_for
 from tests.procs import Dispatcher, dispatch_settings, http_get
 
@@ -72,7 +72,7 @@ def make_trigger(customer: str, ref: str = "cart-1", **kw: Any) -> Trigger:
 @pytest.fixture
 def env(settings: Settings, redis_server: Any, smtp: SmtpCatcher) -> Settings:
     s = dispatch_settings(settings, redis_server.url, smtp.port)
-    create_topics(s.broker.bootstrap, all_topic_partitions(s))
+    ensure_topics(s)
     return s
 
 
@@ -287,7 +287,7 @@ def test_quiet_hours_delay_then_send_after_a_restart(
         quiet_start=(local - timedelta(minutes=5)).strftime("%H:%M:%S"),
         quiet_end=opens.strftime("%H:%M:%S"),
     )
-    create_topics(env.broker.bootstrap, all_topic_partitions(env))
+    ensure_topics(env)
     kafka = Kafka(env)
     first = Dispatcher(env, tmp_path / "dispatcher-1.log").start()
     try:
@@ -329,7 +329,7 @@ def test_smtp_down_retries_then_dead_letters(
     settings: Settings, redis_server: Any, tmp_path: Path
 ) -> None:
     env = dispatch_settings(settings, redis_server.url, free_port())  # nothing listens there
-    create_topics(env.broker.bootstrap, all_topic_partitions(env))
+    ensure_topics(env)
     kafka = Kafka(env)
     d = Dispatcher(env, tmp_path / "dispatcher.log").start()
     try:

@@ -87,8 +87,10 @@ def test_open_click_unsubscribe_publish_touchpoints(
     assert sum(1 for _, _, tp in seen if tp.type == "unsubscribe") == 1
 
 
-def test_bad_tokens_and_foreign_redirects_are_refused(tracking: tuple[str, Settings]) -> None:
-    url, _ = tracking
+def test_bad_tokens_and_foreign_redirects_are_refused(
+    broker: Any, tracking: tuple[str, Settings]
+) -> None:
+    url, settings = tracking
     forged = links(url, secret="someone-else")
     good = links(url)
     cases = [
@@ -104,3 +106,10 @@ def test_bad_tokens_and_foreign_redirects_are_refused(tracking: tuple[str, Setti
         assert answer.body["code"] == "invalid_token" and answer.body["success"] is False
     evil = request(url, "GET", path_of(good.click("https://evil.example.net/"), url), key=None)
     assert evil.status == 400 and evil.body["code"] == "invalid_target"
+    # A target with CR/LF (%0D%0A) would split the redirect's headers: refused, not recorded.
+    split = path_of(good.click(f"{SHOP}/x\r\nSet-Cookie: a=b"), url)
+    assert "%0D%0A" in split.upper()
+    answer = request(url, "GET", split, key=None)
+    assert answer.status == 400 and answer.body["code"] == "invalid_target"
+    seen = on_topic(broker, settings.topics.touchpoints)
+    assert not [tp for _, _, tp in seen if tp.type == "email_click"]

@@ -13,12 +13,11 @@ from typing import Any
 
 import orjson
 
-from stream.app import all_topic_partitions
 from stream.embedded import SmtpCatcher
 from stream.journey.model import journey_model
 from stream.journey.replay import run_oracle
 from stream.settings import Settings
-from stream.topics import create_topics
+from stream.topics import ensure_topics
 from tests.helpers import read_topic, wait_for
 from tests.integration.test_abandonment_stream import event, shopper
 from tests.integration.test_journey_oracle import LATENESS_S, simulated_log
@@ -76,7 +75,7 @@ def test_abandoned_cart_gets_one_email_and_an_in_store_purchase_none(
     settings: Settings, redis_server: Any, smtp: SmtpCatcher, tmp_path: Path
 ) -> None:
     s = dispatch_settings(settings, redis_server.url, smtp.port)
-    create_topics(s.broker.bootstrap, all_topic_partitions(s))
+    ensure_topics(s)
     now = int(time.time() * 1000)
     events = shopper("ann", now, added_ago_min=90) + shopper("bob", now, added_ago_min=90)
     # Bob pays in store 10 minutes later, known there only by his loyalty card.
@@ -133,7 +132,7 @@ def test_worker_killed_mid_stream_sends_every_expected_email_exactly_once(
         smtp.port,
         cap_max=1000,
     )
-    create_topics(s.broker.bootstrap, all_topic_partitions(s))
+    ensure_topics(s)
     events = simulated_log(customers=300, seed=23)
     until = int(time.time() * 1000) - int(LATENESS_S * 1000)
     oracle = run_oracle(events, journey_model(s), int(LATENESS_S * 1000), until)

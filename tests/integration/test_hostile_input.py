@@ -30,7 +30,7 @@ from stream.settings import Settings
 from stream.topics import create_topics
 from tests.helpers import isolated_settings, read_topic, wait_for
 from tests.integration.test_collector import post, running, with_keys
-from tests.procs import Worker, http_get
+from tests.procs import Worker
 
 MIN = 60_000
 U64_MAX = 18_446_744_073_709_551_615
@@ -54,7 +54,7 @@ class Stack:
         ]
 
     def journey(self, key: str) -> tuple[int, Any]:
-        return http_get(f"{self.worker.url}/customers/{key}/journey")
+        return self.worker.api(f"/customers/{key}/journey")
 
 
 @pytest.fixture(scope="module")

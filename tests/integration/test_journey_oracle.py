@@ -18,7 +18,6 @@ import pytest
 
 from loadtest import simulator
 from stream import contract
-from stream.app import all_topic_partitions
 from stream.ingest.identity import LINK, link_id, orphan_key
 from stream.journey.agent import MERGE_IN
 from stream.journey.api import combine, funnel_figures
@@ -27,7 +26,7 @@ from stream.journey.replay import run_oracle
 from stream.journey.state import JourneyState
 from stream.producers.publisher import Publisher, packed_records, partition_of
 from stream.settings import Settings
-from stream.topics import create_topics
+from stream.topics import ensure_topics
 from tests.helpers import read_topic, wait_for
 from tests.procs import Worker, http_get
 
@@ -44,7 +43,7 @@ def journey_settings(settings: Settings) -> Settings:
     # Lateness longer than the log's span: nothing settles while the backlog is
     # read, everything settles once the worker is caught up and idle.
     s = replace(settings, journey=replace(settings.journey, allowed_lateness_s=LATENESS_S))
-    create_topics(s.broker.bootstrap, all_topic_partitions(s))
+    ensure_topics(s)
     return s
 
 
@@ -228,7 +227,7 @@ def comparable(state: dict) -> dict:
 def assert_states_equal(worker: Worker, oracle: Any, settings: Settings | None = None) -> None:
     mismatches = []
     for state in oracle.final_states():
-        status, body = http_get(f"{worker.url}/customers/{state.key}/journey")
+        status, body = worker.api(f"/customers/{state.key}/journey")
         want = comparable(state.summary())
         if status != 200 or comparable(body) != want:
             mismatches.append(
@@ -242,7 +241,7 @@ def assert_states_equal(worker: Worker, oracle: Any, settings: Settings | None =
 def settled_journey(worker: Worker, customer: str, events: int, timeout_s: float) -> dict:
     """The customer's journey once it holds ``events`` events and none pending."""
     return wait_for(
-        lambda: http_get(f"{worker.url}/customers/{customer}/journey"),
+        lambda: worker.api(f"/customers/{customer}/journey"),
         lambda r: r[0] == 200 and r[1]["events"] == events and r[1]["pending_events"] == 0,
         timeout_s=timeout_s,
     )[1]
@@ -272,12 +271,12 @@ def test_stream_equals_oracle(journey_settings: Settings, tmp_path: Path) -> Non
         assert sorted(triggers) == sorted(want_triggers)
 
         model = journey_model(journey_settings)
-        status, funnel = http_get(f"{worker.url}/funnel")
+        status, funnel = worker.api("/funnel")
         assert status == 200
         assert funnel == orjson.loads(
             orjson.dumps(combine([funnel_figures(oracle.final_states(), model)], model))
         )
-        status, body = http_get(f"{worker.url}/customers/nobody-at-all/journey")
+        status, body = worker.api("/customers/nobody-at-all/journey")
         assert status == 404 and "error" in body
         want = dict.fromkeys(model.all_stages, 0.0)
         for state in oracle.final_states():
@@ -405,7 +404,7 @@ def test_web_and_pos_events_of_one_person_end_in_one_journey(
         assert state["anonymous_ids"] == ["device-9"]
         assert [v["stage"] for v in state["history"]] == ["awareness", "consideration", "purchase"]
         for orphan in ("anon:device-9", "loyalty:LOY-9"):
-            status, body = http_get(f"{worker.url}/customers/{orphan}/journey")
+            status, body = worker.api(f"/customers/{orphan}/journey")
             assert status == 404 or body.get("merged_into") == "cust-9", (orphan, status, body)
     finally:
         worker.stop()
@@ -437,7 +436,7 @@ def test_orphan_journey_waits_for_its_merge_from_a_lagging_links_partition(
     and the card's own journey emits nothing.
     """
     s = replace(settings, journey=replace(settings.journey, allowed_lateness_s=60.0))
-    create_topics(s.broker.bootstrap, all_topic_partitions(s))
+    ensure_topics(s)
     n = s.topics.partitions
     card = "LOY-1"
     card_partition = partition_of(f"loyalty:{card}".encode(), n)

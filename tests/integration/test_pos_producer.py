@@ -19,7 +19,8 @@ import pytest
 from stream.producers import pos
 from stream.producers.pos import PosProducer, PosReport
 from stream.producers.publisher import Publisher, PublishError, Record, partition_of
-from stream.settings import ROOT, Settings
+from stream.settings import Settings
+from tests.helpers import REPO as ROOT
 from tests.helpers import read_topic, wait_for
 
 HEADER = "store_id,register,receipt_id,timestamp,customer_id,loyalty_id,email,items,total,kind\n"

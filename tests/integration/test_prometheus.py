@@ -26,12 +26,11 @@ import orjson
 import pytest
 
 from loadtest import simulator
-from stream.app import all_topic_partitions
 from stream.embedded import SmtpCatcher, free_port
 from stream.journey.model import journey_model
 from stream.producers.publisher import Publisher
 from stream.settings import Settings
-from stream.topics import create_topics
+from stream.topics import ensure_topics
 from tests.dashboards import PanelQuery, panel_queries, promql, scrape_jobs
 from tests.helpers import wait_for
 from tests.procs import (
@@ -54,7 +53,7 @@ def obs_settings(settings: Settings) -> Settings:
     # Short lateness: the simulated days-old events settle (and abandonment
     # deadlines pass) as soon as the workers are caught up.
     s = replace(settings, journey=replace(settings.journey, allowed_lateness_s=60.0))
-    create_topics(s.broker.bootstrap, all_topic_partitions(s))
+    ensure_topics(s)
     return s
 
 
@@ -222,7 +221,7 @@ def test_every_dashboard_query_returns_data_from_real_prometheus(
         def populations() -> tuple[dict[str, float], dict[str, float]]:
             answer = prom.query("sum by (stage) (journey_stage_customers)")
             got = {r["metric"]["stage"]: float(r["value"][1]) for r in answer["data"]["result"]}
-            _, funnel = http_get(f"{workers[0].url}/funnel")
+            _, funnel = workers[0].api("/funnel")
             want = dict.fromkeys(model.all_stages, 0.0)
             for entry in funnel["stages"]:
                 want[entry["stage"]] = float(entry["customers"])

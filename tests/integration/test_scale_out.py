@@ -24,10 +24,9 @@ from typing import Any
 
 import pytest
 
-from stream.app import all_topic_partitions
 from stream.journey.model import journey_model
 from stream.settings import Settings
-from stream.topics import create_topics
+from stream.topics import ensure_topics
 from tests.helpers import wait_for
 from tests.integration.test_journey_oracle import (
     LATENESS_S,
@@ -48,7 +47,7 @@ CUSTOMERS = 10_000
 @pytest.fixture
 def group_settings(settings: Settings) -> Settings:
     s = replace(settings, journey=replace(settings.journey, allowed_lateness_s=LATENESS_S))
-    create_topics(s.broker.bootstrap, all_topic_partitions(s))
+    ensure_topics(s)
     return s
 
 
@@ -71,7 +70,7 @@ def journey_mismatches(worker: Worker, wanted: dict[str, dict[str, Any]]) -> lis
     """Customers whose journey, as ``worker`` answers it, differs from the oracle's."""
 
     def check(key: str) -> tuple | None:
-        status, body = http_get(f"{worker.url}/customers/{key}/journey", timeout=30)
+        status, body = worker.api(f"/customers/{key}/journey", timeout=30)
         if status != 200:
             return (key, status, body)
         got = comparable(body)

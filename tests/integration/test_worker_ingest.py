@@ -9,9 +9,8 @@ import pytest
 from kafka import KafkaProducer
 
 from stream import contract
-from stream.app import all_topic_partitions
 from stream.settings import Settings
-from stream.topics import create_topics
+from stream.topics import ensure_topics
 from tests.helpers import read_topic, wait_for
 from tests.procs import Worker
 
@@ -44,7 +43,7 @@ def tp(event_id: str, **kw: object) -> dict:
 
 @pytest.fixture
 def worker(settings: Settings, tmp_path: Path):
-    create_topics(settings.broker.bootstrap, all_topic_partitions(settings))
+    ensure_topics(settings)
     w = Worker(settings, tmp_path / "worker.log")
     yield w
     w.stop()

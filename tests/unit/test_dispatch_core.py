@@ -13,48 +13,17 @@ from hypothesis import strategies as st
 
 from stream.contract import Touchpoint
 from stream.dispatch import outcomes, tokens
-from stream.dispatch.links import TrackingLinks, same_host
+from stream.dispatch.links import same_host
 from stream.dispatch.message import TRIGGER_ID_HEADER, build_message
 from stream.dispatch.policy import CustomerSignals, screen
 from stream.dispatch.quiet_hours import QuietHours
 from stream.dispatch.render import Renderer, RenderError
 from stream.dispatch.signals import JourneySignal, partition_for, signals_of
-from stream.settings import CONFIG_DIR
-from stream.triggers.trigger import ABANDONMENT, TRANSITION, Trigger, TriggerItem
+from stream.triggers.trigger import TRANSITION
+from tests.builders import NOON, tracking_links, trigger
 
-NOON = 1_767_268_800_000  # 2026-01-01T12:00:00Z
 SECRET = "s3cret"
 NO_QUIET = QuietHours.parse("00:00", "00:00")
-
-
-def trigger(**kw: object) -> Trigger:
-    base: dict = dict(
-        trigger_id="t-1",
-        rule="cart_abandoned",
-        kind=ABANDONMENT,
-        template="cart_abandoned",
-        journey_key="c-1",
-        customer_id="c-1",
-        email="ann@example.com",
-        stage="decision",
-        deadline=NOON,
-        event_at=NOON - 3_600_000,
-        ref="cart-1",
-        cause_event_id="e-1",
-        cart_id="cart-1",
-        items=(
-            TriggerItem("SKU-1", "Trail <Shoe>", 89.5, 2),
-            TriggerItem("SKU-2", "Socks", 5.0, 1),
-        ),
-        value=184.0,
-        currency="EUR",
-        first_name="Ann",
-        top_products=("SKU-9",),
-        last_store="Lyon Part-Dieu",
-        timezone="Europe/Paris",
-    )
-    base.update(kw)
-    return Trigger(**base)
 
 
 # -- tokens -------------------------------------------------------------------
@@ -95,6 +64,11 @@ def test_click_targets_only_the_shop_host() -> None:
         "//evil.com",
         "https://shop.example.com.evil.com/",
         "",
+        # Header splitting: a Location with CR/LF would add a header of the attacker's.
+        "https://shop.example.com/x\r\nSet-Cookie: a=b",
+        "https://shop.example.com/x\nLocation: https://evil.com/",
+        "https://shop.example.com/x y",
+        "https://shop.example.com/" + "a" * 3000,
     ):
         assert not same_host(bad, shop)
 
@@ -156,13 +130,12 @@ def test_partition_for_matches_the_engines_producer() -> None:
 TEMPLATES = ["cart_abandoned", "checkout_abandoned", "browse_abandoned", "welcome", "thank_you"]
 
 
-def links() -> TrackingLinks:
-    return TrackingLinks("https://t.example.com", "https://shop.example.com", "TOKEN.MAC")
+links = tracking_links
 
 
 @pytest.mark.parametrize("template", TEMPLATES)
 def test_every_template_renders_with_and_without_details(template: str) -> None:
-    renderer = Renderer(CONFIG_DIR / "templates")
+    renderer = Renderer()
     full = renderer.render(trigger(template=template), links())
     assert "Ann" in full.text and "Ann" in full.html
     assert "https://t.example.com/e/unsubscribe/TOKEN.MAC" in full.text
@@ -176,7 +149,7 @@ def test_every_template_renders_with_and_without_details(template: str) -> None:
 
 
 def test_cart_email_lists_items_escaped_with_tracked_links() -> None:
-    r = Renderer(CONFIG_DIR / "templates").render(trigger(), links())
+    r = Renderer().render(trigger(), links())
     assert r.subject == "Ann, you left something in your cart"
     assert "Trail &lt;Shoe&gt;" in r.html and "Trail <Shoe>" not in r.html
     assert "Trail <Shoe> x 2 at 89.50 EUR = 179.00 EUR" in r.text
@@ -187,9 +160,9 @@ def test_cart_email_lists_items_escaped_with_tracked_links() -> None:
 
 def test_unknown_template_is_a_render_error(tmp_path: Path) -> None:
     with pytest.raises(RenderError):
-        Renderer(CONFIG_DIR / "templates").render(trigger(template="nope"), links())
+        Renderer().render(trigger(template="nope"), links())
     with pytest.raises(RenderError):
-        Renderer(CONFIG_DIR / "templates").render(trigger(template="../etc"), links())
+        Renderer().render(trigger(template="../etc"), links())
     (tmp_path / "x").mkdir()
     for part in ("subject.txt", "body.txt"):
         (tmp_path / "x" / part).write_text("{{ missing_variable }}")
@@ -200,7 +173,7 @@ def test_unknown_template_is_a_render_error(tmp_path: Path) -> None:
 
 def test_message_headers() -> None:
     t = trigger()
-    rendered = Renderer(CONFIG_DIR / "templates").render(t, links())
+    rendered = Renderer().render(t, links())
     msg = build_message(t, rendered, links(), "Shop <news@shop.example.com>", NOON)
     parsed = email.message_from_bytes(msg.as_bytes(), policy=email.policy.default)
     assert parsed["To"] == "Ann <ann@example.com>"

@@ -10,10 +10,9 @@ from stream.journey import rules
 from stream.journey.api import combine, funnel_figures, journey_view, percentile
 from stream.journey.stages import load_model
 from stream.journey.state import JourneyState, StageVisit
-from stream.settings import CONFIG_DIR
 
-FIVE = load_model("five-stage", CONFIG_DIR / "stages")
-STDC = load_model("see-think-do-care", CONFIG_DIR / "stages")
+FIVE = load_model("five-stage")
+STDC = load_model("see-think-do-care")
 S = 1000  # ms per second
 T0 = 1_700_000_000_000
 

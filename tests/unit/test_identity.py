@@ -11,9 +11,8 @@ from stream.ingest.dedupe import RecentIds
 from stream.ingest.identity import LINK, MERGE, orphan_key, resolve
 from stream.journey.replay import Oracle, run_oracle
 from stream.journey.stages import DAY_MS, load_model
-from stream.settings import CONFIG_DIR
 
-FIVE = load_model("five-stage", CONFIG_DIR / "stages")
+FIVE = load_model("five-stage")
 T0 = 1_700_000_000_000
 HOUR = 3_600_000
 

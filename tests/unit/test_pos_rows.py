@@ -19,7 +19,7 @@ from stream.producers.pos import (
     pos_event_id,
     row_to_touchpoint,
 )
-from stream.settings import ROOT
+from tests.helpers import REPO as ROOT
 
 SAMPLE = ROOT / "config" / "pos-sample.csv"
 

@@ -15,10 +15,9 @@ from stream.contract import Touchpoint
 from stream.journey import rules
 from stream.journey.stages import DAY_MS, StageModel, load_model
 from stream.journey.state import JourneyState, Transition
-from stream.settings import CONFIG_DIR
 
-FIVE = load_model("five-stage", CONFIG_DIR / "stages")
-STDC = load_model("see-think-do-care", CONFIG_DIR / "stages")
+FIVE = load_model("five-stage")
+STDC = load_model("see-think-do-care")
 MODELS = [FIVE, STDC]
 
 T0 = 1_700_000_000_000

@@ -4,15 +4,15 @@ from __future__ import annotations
 
 import copy
 import tomllib
+from pathlib import Path
 from typing import Any
 
 import pytest
 
 from stream.contract import Touchpoint
 from stream.journey.stages import DAY_MS, StageModel, load_model, parse_model
-from stream.settings import CONFIG_DIR
 
-STAGES_DIR = CONFIG_DIR / "stages"
+STAGES_DIR = Path(__file__).resolve().parents[2] / "stream" / "defaults" / "stages"
 
 
 def tp(type_: str, **props: Any) -> Touchpoint:

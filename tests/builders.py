@@ -1,0 +1,47 @@
+"""Builders of the engine's data for tests: one place instead of a copy per file."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from stream.dispatch.links import TrackingLinks
+from stream.triggers.trigger import ABANDONMENT, Trigger, TriggerItem
+
+#: 2026-01-01T12:00:00Z
+NOON = 1_767_268_800_000
+
+
+def trigger(**kw: Any) -> Trigger:
+    """A cart-abandonment trigger with every personalisation field set; ``kw`` overrides."""
+    base: dict[str, Any] = dict(
+        trigger_id="t-1",
+        rule="cart_abandoned",
+        kind=ABANDONMENT,
+        template="cart_abandoned",
+        journey_key="c-1",
+        customer_id="c-1",
+        email="ann@example.com",
+        stage="decision",
+        deadline=NOON,
+        event_at=NOON - 3_600_000,
+        ref="cart-1",
+        cause_event_id="e-1",
+        cart_id="cart-1",
+        items=(
+            TriggerItem("SKU-1", "Trail <Shoe>", 89.5, 2),
+            TriggerItem("SKU-2", "Socks", 5.0, 1),
+        ),
+        value=184.0,
+        currency="EUR",
+        first_name="Ann",
+        top_products=("SKU-9",),
+        last_store="Lyon Part-Dieu",
+        timezone="Europe/Paris",
+    )
+    base.update(kw)
+    return Trigger(**base)
+
+
+def tracking_links() -> TrackingLinks:
+    """Links as the dispatcher builds them for one email."""
+    return TrackingLinks("https://t.example.com", "https://shop.example.com", "TOKEN.MAC")
