@@ -22,12 +22,11 @@ from hypothesis import strategies as st
 from kafka import KafkaProducer
 
 from stream import contract
-from stream.app import all_topic_partitions
 from stream.contract import Touchpoint
 from stream.producers.pos import PosProducer
 from stream.producers.publisher import Publisher, partition_of
 from stream.settings import Settings
-from stream.topics import create_topics
+from stream.topics import create_topics, ensure_topics
 from tests.helpers import isolated_settings, read_topic, wait_for
 from tests.integration.test_collector import post, running, with_keys
 from tests.procs import Worker
@@ -61,7 +60,7 @@ class Stack:
 def stack(broker: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     tmp = tmp_path_factory.mktemp("hostile")
     s = with_keys(isolated_settings(broker.url, uuid.uuid4().hex[:8], tmp))
-    create_topics(s.broker.bootstrap, all_topic_partitions(s))
+    ensure_topics(s)
     worker = Worker(s, tmp / "worker.log")
     publisher = Publisher(s.broker, s.collector.ack_timeout_s)
     try:
