@@ -264,10 +264,13 @@ def test_stack_env_and_clean_stop(tmp_path: Path) -> None:
         assert env == {
             "JOURNEY_BROKER_URL": stack.broker.url,
             "JOURNEY_WORKER_RECOVERY_CONSISTENCY_CHECK": "false",
+            "JOURNEY_WORKER_API_TOKENS": f"{stack.api_token}=admin",
+            "JOURNEY_SECURITY_ALLOW_DEFAULT_SECRETS": "true",
             "JOURNEY_REDIS_URL": stack.redis.url,
             "JOURNEY_SMTP_HOST": "127.0.0.1",
             "JOURNEY_SMTP_PORT": str(stack.smtp.port),
         }
+        assert len(stack.api_token) >= 20
         procs = [stack.broker.proc, stack.redis.proc]
         ports = [stack.broker.port, stack.redis.port, stack.smtp.port]
         assert all(p is not None and p.poll() is None for p in procs)
@@ -297,6 +300,8 @@ def test_stack_stop_carries_on_past_a_failing_part(
     assert stack.env() == {
         "JOURNEY_BROKER_URL": stack.broker.url,
         "JOURNEY_WORKER_RECOVERY_CONSISTENCY_CHECK": "false",
+        "JOURNEY_WORKER_API_TOKENS": f"{stack.api_token}=admin",
+        "JOURNEY_SECURITY_ALLOW_DEFAULT_SECRETS": "true",
         "JOURNEY_REDIS_URL": stack.redis.url,
     }
 

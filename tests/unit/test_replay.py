@@ -45,4 +45,6 @@ def test_an_orphan_linked_within_the_lateness_shows_no_transitions_of_its_own() 
     ]
     oracle = run_oracle(events, FIVE, LATENESS)
     assert not [t for t in oracle.transitions if t.customer_id == "anon:dev-2"]
-    assert [t.to_stage for t in oracle.transitions if t.customer_id == "cust-2"][:1] == ["awareness"]
+    assert [t.to_stage for t in oracle.transitions if t.customer_id == "cust-2"][:1] == [
+        "awareness"
+    ]
