@@ -101,9 +101,11 @@ class CollectorSettings:
     port: int = 8088
     #: write key -> source name; an empty mapping accepts no request.
     write_keys: Mapping[str, str] = field(default_factory=lambda: {"demo-write-key": "web"})
-    #: Segment's limits: 32 KB per call, 500 KB per batch request.
+    #: 32 KB per call (Segment's and RudderStack's limit) and 4 MB per batch request
+    #: (RudderStack's). rudder-sdk-python stops filling a batch once it passes 4 MiB,
+    #: so its batches run up to one call past that: 64 KiB of room on top.
     max_call_bytes: int = 32 * 1024
-    max_batch_bytes: int = 500 * 1024
+    max_batch_bytes: int = 4 * 1024 * 1024 + 64 * 1024
     #: How long a request waits for the broker's acknowledgement before 503.
     ack_timeout_s: float = 10.0
     #: Segment E-commerce spec v2 event names -> touchpoint types.

@@ -9,8 +9,9 @@ touchpoint contract and lets :func:`stream.contract.parse` decide validity.
   E-commerce spec v2 names); an unmapped name becomes its snake_case form and
   is kept, so new events flow before anyone configures them.
 - ``page`` and ``screen``: ``page_view`` (a ``screen`` is always channel ``app``).
-- ``identify``: ``identify``; the traits are kept and the ones the engine uses
-  (email, names, loyalty id, phone, timezone) are lifted into properties.
+- ``identify``: ``identify``; the traits (``traits``, and ``context.traits`` where
+  RudderStack's SDKs put them) are kept and the ones the engine uses (email,
+  names, loyalty id, phone, timezone) are lifted into properties.
 - ``alias``: ``alias``; ``previousId`` is kept and doubles as the anonymous id,
   so the link lands where that id's events already are.
 - ``group``: ``group``, a type the engine does not know but keeps.
@@ -105,7 +106,11 @@ def to_touchpoint(
     customer_id = _segment_id(message, "userId")
     anonymous_id = _segment_id(message, "anonymousId")
     if call == "identify":
-        properties = _identify_properties(_object(message, "traits"))
+        # RudderStack's SDKs send identify traits in context.traits: read them like
+        # traits (which win where both name a trait), as RudderStack's server does.
+        shared = context.get("traits")
+        traits = {**(shared if isinstance(shared, dict) else {}), **_object(message, "traits")}
+        properties = _identify_properties(traits)
     elif call == "alias":
         previous_id = _segment_id(message, "previousId")
         if previous_id is None:
