@@ -34,7 +34,7 @@ import textwrap
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from types import FrameType
 from typing import Any, Protocol
@@ -58,6 +58,9 @@ KIND_ALIASES = {"sale": "sale", "refund": "refund", "return": "refund"}
 FORMATS = ("csv", "jsonl")
 EXTENSIONS = {".csv": "csv", ".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "jsonl"}
 STDIN = "-"
+#: How a followed file was replaced (see ``_Source.replaced``).
+ROTATED = "rotated"
+REWRITTEN = "rewritten"
 
 #: Rows per acknowledged batch (and per checkpoint write).
 BATCH_ROWS = 500
@@ -351,6 +354,9 @@ class ExportRow:
     start: int
     end: int
     end_line: int
+    #: For a line too long to hold, its real size and SHA-256 (``raw`` is a prefix).
+    size: int | None = None
+    sha256: str | None = None
 
 
 def detect_format(path: str | Path, fmt: str | None = None) -> str:
@@ -395,11 +401,27 @@ class ExportReader:
         self.offset = offset  # of the first byte not yet turned into a row
         self.line = line  # physical lines consumed
         self.header: list[str] | None = None
+        #: The CSV delimiter, told from the header line (``,``, ``;``, tab or ``|``).
+        self.delimiter: str | None = None
         self.eof = False
+        #: A line longer than ``MAX_RECORD_BYTES`` being skipped (hashed, not held).
+        self._skip: _LongLine | None = None
 
     def rows(self, final: bool) -> Iterator[ExportRow]:
         """Rows available now; with ``final`` the unterminated last line too."""
         while True:
+            if self._skip is not None or (
+                len(self._buf) > MAX_RECORD_BYTES and self._buf.find(b"\n") < 0
+            ):
+                row = self._skip_long_line(final)
+                if row is None:
+                    if self._fill():
+                        continue
+                    row = self._skip_long_line(final)
+                    if row is None:
+                        return
+                yield row
+                continue
             found = self._record_end(at_end=final and self.eof)
             if found is None:
                 if self._fill():
@@ -410,6 +432,39 @@ class ExportReader:
             row = self._take(found)
             if row is not None:
                 yield row
+
+    def _skip_long_line(self, final: bool) -> ExportRow | None:
+        """Consume a line too long to hold: hash it as it streams by, keep a prefix.
+
+        Returns its (rejected) row once its end is read, else None (more bytes needed).
+        """
+        skip = self._skip
+        if skip is None:
+            skip = self._skip = _LongLine(self.offset, self.line + 1)
+        buf = self._buf
+        nl = buf.find(b"\n")
+        end = nl + 1 if nl >= 0 else len(buf)
+        skip.feed(bytes(buf[:end]))
+        del buf[:end]
+        if nl < 0 and not (final and self.eof):
+            return None
+        self._skip = None
+        self.offset = skip.start + skip.size
+        self.line += 1
+        raw = bytes(skip.prefix).decode("utf-8", "replace").rstrip("\r\n")
+        error = InvalidTouchpoint(
+            f"line is {skip.size} bytes, longer than {MAX_RECORD_BYTES} (not read whole)"
+        )
+        return ExportRow(
+            skip.line,
+            error,
+            raw,
+            skip.start,
+            self.offset,
+            self.line,
+            size=skip.size,
+            sha256=skip.digest.hexdigest(),
+        )
 
     def read_header(self) -> None:
         """Read the CSV header (the first non-blank record) when resuming mid-file."""
@@ -471,8 +526,13 @@ class ExportReader:
                 end = line_end
                 yield line
 
+        if self.delimiter is None:
+            first = buf.find(b"\n")
+            if first < 0 and not (at_end and buf):
+                return None  # the header line is not all here yet
+            self.delimiter = _sniff_delimiter(bytes(buf[: first + 1] if first >= 0 else buf))
         try:
-            values = next(csv.reader(lines()), None)
+            values = next(csv.reader(lines(), delimiter=self.delimiter), None)
         except csv.Error as exc:
             first = buf.find(b"\n") + 1
             if 0 < first < end:
@@ -524,6 +584,43 @@ class ExportReader:
         else:
             row = dict(zip(self.header, split.values or [], strict=True))
         return ExportRow(first_line, row, raw, start, self.offset, self.line)
+
+
+#: CSV delimiters told from the header line; exports from European tills often use ``;``.
+DELIMITERS = ",;\t|"
+#: How much of a line too long to hold the reject file keeps.
+LONG_LINE_PREFIX_BYTES = 64 * 1024
+
+
+def _sniff_delimiter(header: bytes) -> str:
+    """The delimiter of a CSV header line: the candidate that splits it most (``,`` if none)."""
+    text = header.decode("utf-8", "replace").rstrip("\r\n")
+    counts: dict[str, int] = {}
+    for d in DELIMITERS:
+        try:
+            counts[d] = len(next(csv.reader([text], delimiter=d), []))
+        except csv.Error:  # a stray carriage return or NUL: not this one's to judge
+            counts[d] = 0
+    best = max(counts.values())
+    return "," if best <= 1 else next(d for d in DELIMITERS if counts[d] == best)
+
+
+@dataclass
+class _LongLine:
+    """A line being skipped: where it started, its size, its hash, its first bytes."""
+
+    start: int
+    line: int
+    size: int = 0
+    prefix: bytearray = field(default_factory=bytearray)
+    digest: Any = field(default_factory=hashlib.sha256)
+
+    def feed(self, data: bytes) -> None:
+        self.size += len(data)
+        self.digest.update(data)
+        room = LONG_LINE_PREFIX_BYTES - len(self.prefix)
+        if room > 0:
+            self.prefix += data[:room]
 
 
 @dataclass(frozen=True, slots=True)
@@ -712,18 +809,32 @@ class _Source:
     rows: int = 0
     inode: int = 0
     first_line_sha256: str = ""
+    #: The last acknowledged row's byte range and hash, re-checked while following.
+    last_row: tuple[int, int, str] | None = None
 
     @property
     def is_stdin(self) -> bool:
         return self.fh is None
 
-    def replaced(self) -> bool:
-        """The path now names another file, or this one shrank (rotation, truncation)."""
+    def replaced(self) -> str | None:
+        """``rotated`` (the path names another file), ``rewritten`` (this file shrank,
+        or the bytes already read changed in place), else None."""
         try:
             st = os.stat(self.key)
         except FileNotFoundError:
-            return True
-        return st.st_ino != self.inode or st.st_size < self.reader.offset
+            return ROTATED
+        if st.st_ino != self.inode:
+            return ROTATED
+        if st.st_size < self.reader.offset:
+            return REWRITTEN
+        if self.fh is not None and self.last_row is not None:
+            start, end, digest = self.last_row
+            if (
+                _first_line_sha256(self.fh) != self.first_line_sha256
+                or _sha256_range(self.fh, start, end) != digest
+            ):
+                return REWRITTEN
+        return None
 
     def close(self) -> None:
         if self.fh is not None:
@@ -802,19 +913,26 @@ class PosProducer:
                     if source is None:
                         source = sources[key] = self._open(key, file_fmt, checkpoint, stop)
                     final = not follow or source.is_stdin
-                    count = self._drain(source, checkpoint, final, stop, max_rows)
+                    how = None if final else source.replaced()
+                    if how == REWRITTEN:
+                        # Rewritten in place: the old offset means nothing in the new
+                        # content, not even for the lines past it. Read it again from
+                        # its start (sales keep their ids: ingest drops those sent).
+                        source.close()
+                        del sources[key]
+                        log.info("pos: %s was rewritten; reading it from the start", key)
+                        continue
+                    count = self._drain(source, checkpoint, final or how == ROTATED, stop, max_rows)
                     progressed += count
                     if final:
                         source.close()
                         del sources[key]
                         done.add(key)
-                    elif not count and source.replaced():
-                        # Rotated or truncated: take what the old file still holds,
-                        # then the new file is opened from its start next time.
-                        self._drain(source, checkpoint, True, stop, max_rows)
+                    elif how == ROTATED:
+                        # The old file's rest is taken; the new one opens from its start.
                         source.close()
                         del sources[key]
-                        log.info("pos: %s was replaced; reading the new file from the start", key)
+                        log.info("pos: %s was rotated; reading the new file from the start", key)
                 if not follow or self._stopping(stop, max_rows):
                     return report
                 # A watched folder may gain files later, even when it is empty now.
@@ -855,6 +973,7 @@ class PosProducer:
                 source.reader.reposition(known.offset, known.line)
                 source.rows = known.rows
                 source.first_line_sha256 = known.first_line_sha256
+                source.last_row = (known.last_row_start, known.offset, known.last_row_sha256)
                 self.report.skipped_already_sent += known.rows
                 log.info(
                     "pos: resuming %s after line %d (%d rows sent before)",
@@ -947,6 +1066,7 @@ class PosProducer:
             last_row_start=last.start,
             last_row_sha256=_sha256_range(source.fh, last.start, last.end),
         )
+        source.last_row = (last.start, last.end, position.last_row_sha256)
         checkpoint.put(source.key, position)
 
     def _write_rejects(self, key: str, rejects: list[tuple[ExportRow, str]]) -> None:
@@ -971,6 +1091,13 @@ def reject_entry(key: str, row: ExportRow, reason: str, max_bytes: int) -> dict[
     }
     data = row.raw.encode(errors="replace")
     value, cut = contract.dead_letter(data, max_bytes)
+    if row.size is not None:
+        # Too long to have been held: raw is already a prefix; size and hash are the line's.
+        cut = {
+            "truncated": b"prefix",
+            "original_bytes": str(row.size).encode(),
+            "original_sha256": (row.sha256 or "").encode(),
+        }
     if cut:
         entry["raw"] = value.decode(errors="ignore")
         entry.update({name: head.decode() for name, head in cut.items()})

@@ -421,3 +421,81 @@ def test_sigterm_finishes_the_batch_checkpoints_and_exits_zero(
     report = orjson.loads(out.decode().strip())
     assert (report["read"], report["published"]) == (2, 2)
     assert checkpoint(settings)[str(export)]["offset"] == export.stat().st_size
+
+
+def test_follow_reads_a_file_rewritten_in_place_from_its_start(
+    broker: Any, settings: Settings, topic: str, publisher: Publisher, tmp_path: Path
+) -> None:
+    export = tmp_path / "till.csv"
+    export.write_text(HEADER + "".join(csv_row(f"R{i}") for i in range(4)))
+    producer = PosProducer(settings, publisher, poll_interval_s=0.05)
+    stop = threading.Event()
+    worker = threading.Thread(
+        target=lambda: producer.run([export], follow=True, stop_event=stop), name="pos-rewrite"
+    )
+    worker.start()
+    try:
+        wait_for(lambda: event_ids(broker, topic), lambda ids: len(ids) == 4)
+        inode = export.stat().st_ino
+        # The till rewrites its export in place: same file, new rows, longer than before.
+        with export.open("r+") as fh:
+            fh.truncate(0)
+            fh.write(HEADER + "".join(csv_row(f"N{i}") for i in range(12)))
+        assert export.stat().st_ino == inode
+        wait_for(lambda: event_ids(broker, topic), lambda ids: len(ids) == 16)
+    finally:
+        stop.set()
+        worker.join(timeout=30)
+    ids = event_ids(broker, topic)
+    assert set(ids) == {eid("S1", f"R{i}") for i in range(4)} | {
+        eid("S1", f"N{i}") for i in range(12)
+    }
+    assert rejects(settings) == [], "no half rows from a stale offset"
+
+
+def test_semicolon_and_tab_exports_are_read_by_their_header(
+    broker: Any, settings: Settings, topic: str, publisher: Publisher, tmp_path: Path
+) -> None:
+    import csv
+    import io
+
+    def export(name: str, delimiter: str, receipt: str) -> Path:
+        out = io.StringIO()
+        writer = csv.writer(out, delimiter=delimiter, lineterminator="\n")
+        writer.writerow(HEADER.strip().split(","))
+        writer.writerow(csv_row(receipt).strip().split(","))
+        path = tmp_path / name
+        path.write_text(out.getvalue())
+        return path
+
+    semicolons = export("paris.csv", ";", "P1")
+    assert '"SKU-A:1:9.90;SKU-B:2:1.50"' in semicolons.read_text()  # quoted, as tills do
+    tabs = export("oslo.csv", "\t", "O1")
+    report = PosProducer(settings, publisher).run([semicolons, tabs])
+    assert (report.published, report.rejected) == (2, 0), rejects(settings)
+    assert set(event_ids(broker, topic)) == {eid("S1", "P1"), eid("S1", "O1")}
+
+
+def test_a_huge_line_is_streamed_past_with_bounded_memory_and_a_bounded_reject(
+    broker: Any, settings: Settings, topic: str, publisher: Publisher, tmp_path: Path
+) -> None:
+    import hashlib
+    import tracemalloc
+
+    export = tmp_path / "broken.csv"
+    huge = ("x" * (40 * 1024 * 1024)) + "\n"
+    export.write_text(HEADER + csv_row("G1") + huge + csv_row("G2"))
+    tracemalloc.start()
+    try:
+        report = PosProducer(settings, publisher).run([export])
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert (report.published, report.rejected) == (2, 1)
+    assert peak < 8 * 1024 * 1024, f"peak {peak} bytes while reading a 40 MB line"
+    (entry,) = rejects(settings)
+    assert entry["line"] == 3 and "longer than" in entry["reason"]
+    assert int(entry["original_bytes"]) == len(huge)
+    assert entry["original_sha256"] == hashlib.sha256(huge.encode()).hexdigest()
+    assert len(entry["raw"]) <= settings.limits.dead_letter_bytes
+    assert set(event_ids(broker, topic)) == {eid("S1", "G1"), eid("S1", "G2")}
