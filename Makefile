@@ -24,20 +24,27 @@ $(STAMP): pyproject.toml
 
 venv: $(STAMP)
 
-# System packages the tests and checks need (Prometheus, docker-compose); a no-op once present.
+# System packages the tests and checks need (Prometheus, docker-compose, Node.js); a no-op
+# once present.
 system-deps:
 	scripts/install-system-deps
+
+# The Segment and RudderStack Node SDKs the collector tests send through (npm registry).
+NODE_CLIENTS := tests/sdk/node
+$(NODE_CLIENTS)/node_modules/.installed: $(NODE_CLIENTS)/package-lock.json | system-deps
+	npm ci --prefix $(NODE_CLIENTS) --no-audit --no-fund --loglevel=error
+	touch $@
 
 demo: $(STAMP)
 	$(BIN)/journey demo $(ARGS)
 
-test: $(STAMP) system-deps
+test: $(STAMP) system-deps $(NODE_CLIENTS)/node_modules/.installed
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
 
 test-unit: $(STAMP)
 	$(BIN)/python -m pytest -q tests/unit $(PYTEST_ARGS)
 
-test-integration: $(STAMP) system-deps
+test-integration: $(STAMP) system-deps $(NODE_CLIENTS)/node_modules/.installed
 	$(BIN)/python -m pytest -q tests/integration tests/e2e $(PYTEST_ARGS)
 
 # docker-compose.yml requires its secrets; placeholders stand in for the syntax check.

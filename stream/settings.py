@@ -101,9 +101,11 @@ class CollectorSettings:
     port: int = 8088
     #: write key -> source name; an empty mapping accepts no request.
     write_keys: Mapping[str, str] = field(default_factory=lambda: {"demo-write-key": "web"})
-    #: Segment's limits: 32 KB per call, 500 KB per batch request.
+    #: 32 KB per call (Segment's and RudderStack's limit) and 4 MB per batch request
+    #: (RudderStack's). rudder-sdk-python stops filling a batch once it passes 4 MiB,
+    #: so its batches run up to one call past that: 64 KiB of room on top.
     max_call_bytes: int = 32 * 1024
-    max_batch_bytes: int = 500 * 1024
+    max_batch_bytes: int = 4 * 1024 * 1024 + 64 * 1024
     #: How long a request waits for the broker's acknowledgement before 503.
     ack_timeout_s: float = 10.0
     #: Segment E-commerce spec v2 event names -> touchpoint types.
@@ -122,6 +124,36 @@ class CollectorSettings:
         }
     )
     metrics_port: int = 0
+
+
+@dataclass(frozen=True)
+class LimitsSettings:
+    """Bounds on every input, checked by ``stream.contract`` where input enters
+    (collector, POS producer, ingest) and before anything is produced.
+
+    An event over a limit is refused (400 at HTTP) or dead-lettered with the
+    reason; nothing else happens to it. The event sizes follow Segment's
+    Tracking API (32 KB per call), which every SDK already respects.
+    """
+
+    #: Nesting of objects and arrays in one event (the event object is level 1).
+    max_depth: int = 32
+    #: Characters in one string value, and in one object key.
+    max_string_chars: int = 8192
+    max_key_chars: int = 256
+    #: Keys in one object, items in one array.
+    max_keys: int = 256
+    max_items: int = 1000
+    #: One event (a touchpoint, a Segment call) encoded as JSON.
+    max_event_bytes: int = 32 * 1024
+    #: One ``touchpoints`` record; Kafka's default ``message.max.bytes`` is about 1 MB.
+    max_message_bytes: int = 1024 * 1024
+    #: A dead letter holds at most this much of what was rejected (a prefix
+    #: beyond it, with the original's size and SHA-256 in headers).
+    dead_letter_bytes: int = 64 * 1024
+    #: One journey's state (one changelog record), below the producer's 1 MB
+    #: request limit: events that would grow it past this are dead-lettered.
+    max_state_bytes: int = 768 * 1024
 
 
 @dataclass(frozen=True)
@@ -227,6 +259,14 @@ class JourneySettings:
     session_gap_s: float = 1800.0
     #: A purchase this soon after an abandonment counts as a recovery.
     recovery_within_s: float = 7 * 86_400.0
+    #: Event time accepted ahead of the receive time (clock skew already corrected
+    #: with Segment's ``sentAt``); later events are dead-lettered before they can
+    #: move a watermark, and no source's mark runs further ahead of the wall clock.
+    max_future_s: float = 300.0
+    #: Event time accepted behind the receive time (0: no limit). Old events never
+    #: move a watermark forward; a limit only guards against unit mistakes, and
+    #: legitimate backfills (POS exports, historical imports) can be months old.
+    max_past_s: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -307,6 +347,7 @@ class Settings:
     topics: TopicSettings = field(default_factory=TopicSettings)
     collector: CollectorSettings = field(default_factory=CollectorSettings)
     worker: WorkerSettings = field(default_factory=WorkerSettings)
+    limits: LimitsSettings = field(default_factory=LimitsSettings)
     journey: JourneySettings = field(default_factory=JourneySettings)
     pos: PosSettings = field(default_factory=PosSettings)
     dispatch: DispatchSettings = field(default_factory=DispatchSettings)

@@ -9,10 +9,10 @@ from typing import Any
 
 import pytest
 
-from stream.settings import Settings, load_settings
+from stream.settings import Settings
+from tests.helpers import API_TOKEN, isolated_settings
 
-#: The admin token of every test worker's HTTP API.
-API_TOKEN = "test-admin-token"
+__all__ = ["API_TOKEN"]
 
 
 @pytest.fixture(scope="session")
@@ -63,38 +63,7 @@ def unique() -> str:
 @pytest.fixture
 def settings(broker: object, unique: str, tmp_path: Path) -> Settings:
     """Settings pointing at the session broker, with topic names unique to the test."""
-    t = {
-        "touchpoints": f"touchpoints-{unique}",
-        "resolved": f"touchpoints.resolved-{unique}",
-        "dlq": f"journey.dlq-{unique}",
-        "transitions": f"journey.transitions-{unique}",
-        "triggers": f"journey.triggers-{unique}",
-        "timers": f"journey.timers-{unique}",
-        "dispatch": f"journey.dispatch-{unique}",
-        "dispatch_dlq": f"journey.dispatch.dlq-{unique}",
-        "links": f"journey.links-{unique}",
-        "partitions": 4,
-    }
-    return load_settings(
-        environ={},
-        overrides={
-            "broker": {"url": broker.url},  # type: ignore[attr-defined]
-            "topics": t,
-            "worker": {
-                "app_id": f"journey-{unique}",
-                "data_dir": str(tmp_path / "worker"),
-                # Tansu under-reports end offsets after batched writes (see settings).
-                "recovery_consistency_check": False,
-                "api_tokens": {API_TOKEN: "admin"},
-            },
-            "pos": {
-                "checkpoint": str(tmp_path / "pos" / "checkpoint.json"),
-                "rejects": str(tmp_path / "pos" / "rejects.jsonl"),
-            },
-            # A loopback test stack: the packaged placeholder secrets are fine here.
-            "security": {"allow_default_secrets": True},
-        },
-    )
+    return isolated_settings(broker.url, unique, tmp_path)  # type: ignore[attr-defined]
 
 
 @pytest.fixture(scope="session")

@@ -7,9 +7,13 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TypeVar
 
+from stream.settings import Settings, load_settings
 from stream.topics import read_topic
 
-__all__ = ["REPO", "read_topic", "wait_for"]
+__all__ = ["API_TOKEN", "REPO", "isolated_settings", "read_topic", "wait_for"]
+
+#: The admin token of every test worker's HTTP API.
+API_TOKEN = "test-admin-token"
 
 #: The checkout the tests run from (deployment files under config/, docs, compose).
 REPO = Path(__file__).resolve().parent.parent
@@ -33,3 +37,39 @@ def wait_for(
         if time.monotonic() > deadline:
             raise AssertionError(f"condition not met within {timeout_s}s; last: {result!r}"[:2000])
         time.sleep(every_s)
+
+
+def isolated_settings(broker_url: str, unique: str, tmp_path: Path) -> Settings:
+    """Settings pointing at ``broker_url``, with topic names and files unique to ``unique``."""
+    t = {
+        "touchpoints": f"touchpoints-{unique}",
+        "resolved": f"touchpoints.resolved-{unique}",
+        "dlq": f"journey.dlq-{unique}",
+        "transitions": f"journey.transitions-{unique}",
+        "triggers": f"journey.triggers-{unique}",
+        "timers": f"journey.timers-{unique}",
+        "dispatch": f"journey.dispatch-{unique}",
+        "dispatch_dlq": f"journey.dispatch.dlq-{unique}",
+        "links": f"journey.links-{unique}",
+        "partitions": 4,
+    }
+    return load_settings(
+        environ={},
+        overrides={
+            "broker": {"url": broker_url},
+            "topics": t,
+            "worker": {
+                "app_id": f"journey-{unique}",
+                "data_dir": str(tmp_path / "worker"),
+                # Tansu under-reports end offsets after batched writes (see settings).
+                "recovery_consistency_check": False,
+                "api_tokens": {API_TOKEN: "admin"},
+            },
+            "pos": {
+                "checkpoint": str(tmp_path / "pos" / "checkpoint.json"),
+                "rejects": str(tmp_path / "pos" / "rejects.jsonl"),
+            },
+            # A loopback test stack: the packaged placeholder secrets are fine here.
+            "security": {"allow_default_secrets": True},
+        },
+    )

@@ -32,7 +32,7 @@ import faust
 from faust.streams import _current_event
 from faust.types import TP
 
-from stream import contract
+from stream import contract, dlq
 from stream.app import (
     Handoff,
     changelog_persisted,
@@ -61,18 +61,11 @@ MAX_AHEAD_MESSAGES = 8
 MAX_AHEAD_WAIT_S = 2.0
 
 
-def dlq_headers(reason: str, event: Any, index: int | None, stage: str) -> dict[str, bytes]:
-    msg = event.message
-    headers = {
-        "reason": reason.encode(),
-        "stage": stage.encode(),
-        "source_topic": str(msg.topic).encode(),
-        "source_partition": str(msg.partition).encode(),
-        "source_offset": str(msg.offset).encode(),
-    }
-    if index is not None:
-        headers["index"] = str(index).encode()
-    return headers
+def received_ms(message: Any) -> int | None:
+    """When a record was received: its Kafka timestamp (the producer sets it on
+    receipt, the broker on append), so a replay decides as the first read did."""
+    ts = message.timestamp
+    return round(ts * 1000) if ts else None
 
 
 def register_ingest(app: faust.App, settings: Settings, topics: Any, shell: Any) -> None:
@@ -135,8 +128,21 @@ def register_ingest(app: faust.App, settings: Settings, topics: Any, shell: Any)
         async for events in batches:
             await handle(events, from_links=True)
 
+    limits = settings.limits
+    window = contract.EventTimeWindow.of_seconds(
+        settings.journey.max_future_s, settings.journey.max_past_s
+    )
+
     async def handle(events: list[faust.EventT], *, from_links: bool) -> None:
-        """One batch of ``touchpoints`` (or of ``journey.links``) messages."""
+        """One batch of ``touchpoints`` (or of ``journey.links``) messages.
+
+        Every message and every event in it is handled on its own: one that
+        breaks the contract is dead-lettered with the reason, one that fails
+        in any other way with the exception (counted, logged with its topic,
+        partition and offset), and the batch goes on. What can still fail
+        here is the broker (the sends at the end).
+        """
+        stage = "links" if from_links else "ingest"
         by_key: dict[str, list[Touchpoint]] = defaultdict(list)
         ingested: dict[tuple[str, str], int] = defaultdict(int)
         links_out: dict[int, list[Touchpoint]] = defaultdict(list)
@@ -146,6 +152,62 @@ def register_ingest(app: faust.App, settings: Settings, topics: Any, shell: Any)
         records: dict[int, Any] = {}
         #: Source marks read on ``journey.links``: (links partition, mark).
         relayed: list[tuple[int, contract.Mark]] = []
+
+        async def take(event: faust.EventT, raw: bytes) -> None:
+            """The events of one message: forwarded, re-routed, or dead-lettered."""
+            message = event.message
+            source = message.partition
+            msg_key = event.key.decode(errors="replace") if event.key else None
+            items = contract.decode_message(
+                raw, limits, received_ms=received_ms(message), window=window
+            )
+            for item in items:
+                if isinstance(item, Rejected):
+                    head = dlq.headers(item.reason, message, stage, item.index)
+                    await dlq.send(topics.dlq, item.raw, head, limits, item.kind, event.key)
+                    continue
+                try:
+                    forwarded = await take_one(item, event, msg_key)
+                except Exception as exc:
+                    dlq.log_failure(stage, message, exc, f"event {item.event_id!r} of")
+                    head = dlq.headers(dlq.error_reason(exc), message, stage)
+                    head["event_id"] = item.event_id.encode()
+                    value = contract.encode_rejected(item.to_dict(), limits)
+                    await dlq.send(topics.dlq, value, head, limits, dlq.ERROR_LABEL, event.key)
+                    continue
+                if forwarded and not from_links and item.timestamp > newest[source]:
+                    newest[source] = item.timestamp
+
+        async def take_one(item: Touchpoint, event: faust.EventT, msg_key: str | None) -> bool:
+            """One valid event; whether this partition passes it on (its mark covers it)."""
+            source = event.message.partition
+            raw_key = item.routing_key
+            if raw_key != msg_key and home_partition(raw_key) != source:
+                # Packed by a producer with another partitioner: send it home.
+                m.REROUTED.inc()
+                await topics.touchpoints.send(key=raw_key.encode(), value=contract.dumps(item))
+                return False
+            if recent.seen(item.event_id):
+                m.DUPLICATES.inc()
+                return False
+            res = resolve(item, lookup, unsent)
+            if res.record is not None:
+                alias, customer = res.record
+                records[source] = await write_raw(
+                    app, identities, alias.encode(), customer.encode(), source
+                )
+                m.IDENTITY_LINKS.inc()
+            for orphan, merge in res.merges:
+                by_key[orphan].append(merge)
+            for alias, link in res.links:
+                links_out[home_partition(alias)].append(link)
+            if item.source == contract.INTERNAL_SOURCE:
+                return True
+            ingested[item.channel, m.type_label(item)] += 1
+            m.EVENT_TIME_LAG.observe(max(0.0, (now_ms - item.timestamp) / 1000))
+            by_key[res.journey_key].append(item)
+            return True
+
         for event in events:
             processed[event.message.tp] = event.message.offset
             source = event.message.partition
@@ -162,43 +224,12 @@ def register_ingest(app: faust.App, settings: Settings, topics: Any, shell: Any)
                     continue
             # Table reads and writes belong to this event's partition.
             _current_event.set(weakref.ref(event))
-            msg_key = event.key.decode(errors="replace") if event.key else None
-            for item in contract.decode_message(raw):
-                if isinstance(item, Rejected):
-                    m.DLQ.labels(reason=item.kind).inc()
-                    await topics.dlq.send(
-                        key=event.key,
-                        value=item.raw,
-                        headers=dlq_headers(item.reason, event, item.index, "ingest"),
-                    )
-                    continue
-                raw_key = item.routing_key
-                if raw_key != msg_key and home_partition(raw_key) != event.message.partition:
-                    # Packed by a producer with another partitioner: send it home.
-                    m.REROUTED.inc()
-                    await topics.touchpoints.send(key=raw_key.encode(), value=contract.dumps(item))
-                    continue
-                if recent.seen(item.event_id):
-                    m.DUPLICATES.inc()
-                    continue
-                res = resolve(item, lookup, unsent)
-                if res.record is not None:
-                    alias, customer = res.record
-                    records[source] = await write_raw(
-                        app, identities, alias.encode(), customer.encode(), source
-                    )
-                    m.IDENTITY_LINKS.inc()
-                for orphan, merge in res.merges:
-                    by_key[orphan].append(merge)
-                for alias, link in res.links:
-                    links_out[home_partition(alias)].append(link)
-                if not from_links and item.timestamp > newest[source]:
-                    newest[source] = item.timestamp
-                if item.source == contract.INTERNAL_SOURCE:
-                    continue
-                ingested[item.channel, m.type_label(item)] += 1
-                m.EVENT_TIME_LAG.observe(max(0.0, (now_ms - item.timestamp) / 1000))
-                by_key[res.journey_key].append(item)
+            try:
+                await take(event, raw)
+            except Exception as exc:
+                dlq.log_failure(stage, event.message, exc)
+                head = dlq.headers(dlq.error_reason(exc), event.message, stage)
+                await dlq.send(topics.dlq, raw, head, limits, dlq.ERROR_LABEL, event.key)
         # Links for aliases other partitions own, packed per partition (see
         # ``stream.contract``), on ``journey.links``: co-partitioned with
         # touchpoints and read by their own agent, so a link (and the journey

@@ -24,8 +24,8 @@ import logging
 import time
 import weakref
 from collections import OrderedDict, defaultdict
-from collections.abc import Iterable
-from dataclasses import replace
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import faust
@@ -33,7 +33,7 @@ import orjson
 from faust.streams import _current_event
 from faust.types import TP
 
-from stream import contract
+from stream import contract, dlq
 from stream.app import (
     Handoff,
     changelog_persisted,
@@ -42,7 +42,7 @@ from stream.app import (
     send_direct,
     write_raw,
 )
-from stream.contract import Touchpoint
+from stream.contract import InvalidTouchpoint, Touchpoint
 from stream.ingest.identity import MERGE
 from stream.journey import rules
 from stream.journey.clock import NEVER, DueIndex, MergedClock, PartitionClock
@@ -117,6 +117,15 @@ def observe_time_in_stage(state: JourneyState, effects: list[Effect]) -> None:
                 break
 
 
+@dataclass
+class _Step:
+    """What one journey's step (:meth:`JourneyShell.isolated`) staged for the batch."""
+
+    #: (partition, state, its encoding, counted stage before, event of the partition).
+    saves: list[tuple[int, JourneyState, bytes, str | None, Any]] = field(default_factory=list)
+    outbox: dict[str, list[Touchpoint]] = field(default_factory=dict)
+
+
 class JourneyShell:
     """Plumbing around the pure rules: table I/O, watermarks, due index, emission."""
 
@@ -136,18 +145,22 @@ class JourneyShell:
         partitions = settings.topics.partitions
         #: Journey partition -> watermark merged from every source's marks and
         #: every links partition's relay of them.
+        #: No clock runs further ahead of the wall clock than an event may.
+        ahead = int(settings.journey.max_future_s * 1000)
         self.clocks: dict[int, MergedClock] = defaultdict(
-            lambda: MergedClock(self.lateness_ms, sources=2 * partitions)
+            lambda: MergedClock(self.lateness_ms, sources=2 * partitions, max_ahead_ms=ahead)
         )
         #: ``journey.links`` partition -> the source marks read there, each after
         #: the links sent before it (relayed by :meth:`relay_marks`).
         self.relays: dict[int, MergedClock] = defaultdict(
-            lambda: MergedClock(0, sources=partitions)
+            lambda: MergedClock(0, sources=partitions, max_ahead_ms=ahead)
         )
         self._relays_sent: dict[int, tuple[int, float]] = {}
         #: Source (touchpoints) partition -> its event-time progress, for marks.
         self.sources: dict[int, PartitionClock] = defaultdict(
-            lambda: PartitionClock(0, idle_ms=int(settings.journey.idle_s * 1000))
+            lambda: PartitionClock(
+                0, idle_ms=int(settings.journey.idle_s * 1000), max_ahead_ms=ahead
+            )
         )
         self._marks_sent: dict[int, tuple[int, float]] = {}
         #: Journeys waiting for identity links: (wall ms their wait runs out, partition, key).
@@ -170,9 +183,12 @@ class JourneyShell:
         #: slots ahead of it (about 8x slower per write at 20,000 entries).
         self.cache: OrderedDict[str, JourneyState] = OrderedDict()
         self.cache_size = settings.worker.state_cache
-        #: This batch's states to write: key -> (state, an event of its partition).
-        self.dirty: dict[str, tuple[JourneyState, faust.EventT]] = {}
+        #: This batch's states to write: key -> (state, its encoding, an event of its partition).
+        self.dirty: dict[str, tuple[JourneyState, bytes, faust.EventT]] = {}
         self._event: faust.EventT | None = None
+        #: The journey step under way (see :meth:`isolated`), staging what it changes.
+        self._step: _Step | None = None
+        self.limits = settings.limits
         #: Partitions of keyed sends, cached (the producer's partitioner is slow).
         self.resolved_partition = key_partitions(app, settings.topics.resolved)
         self.triggers_partition = key_partitions(app, settings.topics.triggers)
@@ -199,12 +215,32 @@ class JourneyShell:
 
         ``before`` is :func:`counted_stage` of what was loaded. Only called
         while a batch is handled (``on_batch`` sets the event whose partition
-        the write belongs to).
+        the write belongs to). The state is encoded here, so a state that
+        cannot be written (over ``[limits] max_state_bytes``, raised as
+        :class:`InvalidTouchpoint`) fails the step that made it, not the batch;
+        and what it emits (transitions, triggers: parts of it) can be encoded too.
         """
         event = self._event
         if event is None:
             raise RuntimeError("journey states are saved only while a batch is handled")
-        self.dirty[state.key] = (state, event)
+        raw = state.dumps()
+        limit = self.limits.max_state_bytes
+        if len(raw) > limit:
+            raise InvalidTouchpoint(
+                f"journey {state.key!r} would be {len(raw)} bytes, over the {limit}-byte limit",
+                None,
+                "state_size",
+            )
+        staged = (partition, state, raw, before, event)
+        if self._step is not None:
+            self._step.saves.append(staged)
+        else:
+            self._commit(*staged)
+
+    def _commit(
+        self, partition: int, state: JourneyState, raw: bytes, before: str | None, event: Any
+    ) -> None:
+        self.dirty[state.key] = (state, raw, event)
         after = counted_stage(state)
         if before != after:
             counts = self.stage_counts[partition]
@@ -232,16 +268,14 @@ class JourneyShell:
         cache_size = self.cache_size
         last: dict[int, Any] = {}
         current = None
-        for state, event in dirty.values():
+        for state, raw, event in dirty.values():
             if event is not current:
                 # The store writes to the partition of the current event.
                 _current_event.set(weakref.ref(event))
                 current = event
             key = state.key
             partition = event.message.partition
-            last[partition] = await write_raw(
-                self.app, self.table, key.encode(), state.dumps(), partition
-            )
+            last[partition] = await write_raw(self.app, self.table, key.encode(), raw, partition)
             cache[key] = state
             cache.move_to_end(key)
             if len(cache) > cache_size:
@@ -256,6 +290,67 @@ class JourneyShell:
         self.cache.clear()
         self.outbox.clear()
         self._event = None
+        self._step = None
+
+    def isolated(self, key: str, step: Callable[[], list[Effect]]) -> list[Effect] | Exception:
+        """Run one journey's step so that it takes effect whole or not at all.
+
+        ``step`` changes only journey ``key`` (the rules change states in
+        place), saving it and passing touchpoints on to other journeys; both
+        are staged and reach the batch only if it returns, with its effects.
+        If it raises, the journey is put back as it was before the step (from
+        its encoding in this batch, else from the table) and the exception is
+        returned for the caller to dead-letter what the step was given.
+        """
+        self._step = staged = _Step()
+        applied = self.applied
+        try:
+            effects = step()
+        except Exception as exc:
+            self.applied = applied
+            self.forget(key)
+            return exc
+        finally:
+            self._step = None
+        for save in staged.saves:
+            self._commit(*save)
+        for target, tps in staged.outbox.items():
+            self.forward(target, tps)
+        return effects
+
+    def forget(self, key: str) -> None:
+        """Drop what a failed step may have half-changed of journey ``key``."""
+        self.cache.pop(key, None)
+        entry = self.dirty.get(key)
+        if entry is not None:
+            _, raw, event = entry
+            self.dirty[key] = (JourneyState.loads(raw), raw, event)
+
+    async def dead_letter(
+        self,
+        exc: Exception,
+        value: Callable[[], bytes] | None,
+        message: Any,
+        what: str,
+        extra: dict[str, bytes] | None = None,
+    ) -> None:
+        """Dead-letter what a failed step held (``value``; None: the whole message), with why.
+
+        A broken rule of the contract (a state over its size limit) is a
+        rejection; anything else an error, counted and logged.
+        """
+        if isinstance(exc, InvalidTouchpoint):
+            reason, label = exc.reason, contract.reason_label(exc.field, exc.limit)
+            log.warning("journey: %s dead-lettered: %s", what, reason)
+        else:
+            dlq.log_failure("journey", message, exc, what)
+            reason, label = dlq.error_reason(exc), dlq.ERROR_LABEL
+        raw = message.value or b""
+        if value is not None:
+            with contextlib.suppress(Exception):
+                raw = value()
+        head = dlq.headers(reason, message, "journey", extra=extra)
+        await dlq.send(self.topics.dlq, raw, head, self.limits, label)
 
     async def on_batch(self, events: list[faust.EventT]) -> None:
         """Handle a batch of messages of both input topics, then write what changed.
@@ -389,6 +484,8 @@ class JourneyShell:
         t = now_ms()
         applied_before = self.applied
         by_key: dict[str, list[list[Touchpoint]]] = {}
+        #: The messages each journey's touchpoints came in (for dead letters).
+        came_in: dict[str, list[Any]] = {}
         for event in events:
             msg = event.message
             value = msg.value or b"[]"
@@ -397,32 +494,56 @@ class JourneyShell:
             if mark is not None:
                 clock.update((mark.kind, mark.partition), mark.at, t)
                 continue
-            groups = self.handoff.take(msg.partition, msg.offset, value)
-            if groups is None:
-                groups = contract.loads_groups(value)
+            try:
+                groups = self.handoff.take(msg.partition, msg.offset, value)
+                if groups is None:
+                    groups = contract.loads_groups(value)
+                    if not all(isinstance(key, str) for key, _ in groups):
+                        raise TypeError("a journey key is not text")
+            except Exception as exc:
+                await self.dead_letter(exc, None, msg, "message")
+                continue
             for key, tps in groups:
                 segments = by_key.get(key)
                 if segments is None:
                     by_key[key] = [tps]
+                    came_in[key] = [msg]
                 else:
                     segments.append(tps)
+                    came_in[key].append(msg)
         wm = clock.watermark()
         self._event = events[-1]
         _current_event.set(weakref.ref(events[-1]))
         effects: list[Effect] = []
         for key, segments in by_key.items():
-            if len(segments) > 1 and any(tp.type == MERGE for seg in segments[:-1] for tp in seg):
-                # A merge before later messages: take those in as separately as they came.
-                for seg in segments:
-                    effects.extend(self.take_in(partition, key, seg, wm))
+            out = self.isolated(
+                key, functools.partial(self.take_segments, partition, key, segments, wm)
+            )
+            if isinstance(out, Exception):
+                await self.dead_letter(
+                    out,
+                    functools.partial(_encoded_groups, key, segments),
+                    came_in[key][0],
+                    f"journey {key!r} of",
+                    _provenance(key, came_in[key]),
+                )
                 continue
-            tps = segments[0] if len(segments) == 1 else [tp for seg in segments for tp in seg]
-            effects.extend(self.take_in(partition, key, tps, wm))
+            effects.extend(out)
         # Journeys the watermark just made due (pending events, deadlines) are
         # settled here, in the partition's own batch, rather than by a timer
         # check that would queue behind this partition's backlog.
         for key in self.due[partition].pop_due(wm):
-            effects.extend(self.check(partition, key, wm))
+            out = self.isolated(key, functools.partial(self.check, partition, key, wm))
+            if isinstance(out, Exception):
+                await self.dead_letter(
+                    out,
+                    functools.partial(_encoded_check, wm, key),
+                    events[-1].message,
+                    f"due check of journey {key!r} after",
+                    {"journey_key": key.encode()},
+                )
+                continue
+            effects.extend(out)
         await self.emit(partition, effects)
         count = self.applied - applied_before
         if not count:
@@ -432,6 +553,19 @@ class JourneyShell:
             self._first_applied = True
             m.FIRST_APPLIED.set(t / 1000)
         m.LAST_APPLIED.set(now_ms() / 1000)
+
+    def take_segments(
+        self, partition: int, key: str, segments: list[list[Touchpoint]], wm: int
+    ) -> list[Effect]:
+        """One journey's touchpoints of a batch, message by message (``segments``)."""
+        if len(segments) > 1 and any(tp.type == MERGE for seg in segments[:-1] for tp in seg):
+            # A merge before later messages: take those in as separately as they came.
+            effects: list[Effect] = []
+            for seg in segments:
+                effects.extend(self.take_in(partition, key, seg, wm))
+            return effects
+        tps = segments[0] if len(segments) == 1 else [tp for seg in segments for tp in seg]
+        return self.take_in(partition, key, tps, wm)
 
     def take_in(self, partition: int, key: str, tps: list[Touchpoint], wm: int) -> list[Effect]:
         """Apply one journey's touchpoints, settle up to ``wm`` and save it once."""
@@ -521,13 +655,32 @@ class JourneyShell:
                 del state.awaiting[alias]
 
     async def on_check(self, event: faust.EventT) -> None:
-        """A timer's check message: settle the listed journeys to the watermark."""
+        """A timer's check message: settle the listed journeys to the watermark.
+
+        Each journey on its own (:meth:`isolated`); a message that is not a
+        check, or a journey that fails, is dead-lettered.
+        """
         msg = event.message
-        body = orjson.loads(msg.value or b"{}")
-        wm = max(int(body["watermark"]), self.watermark(msg.partition))
+        try:
+            body = orjson.loads(msg.value or b"{}")
+            wm = max(int(body["watermark"]), self.watermark(msg.partition))
+            keys = [str(key) for key in body["keys"]]
+        except Exception as exc:
+            await self.dead_letter(exc, None, msg, "check message")
+            return
         effects: list[Effect] = []
-        for key in body["keys"]:
-            effects.extend(self.check(msg.partition, key, wm))
+        for key in keys:
+            out = self.isolated(key, functools.partial(self.check, msg.partition, key, wm))
+            if isinstance(out, Exception):
+                await self.dead_letter(
+                    out,
+                    functools.partial(_encoded_check, wm, key),
+                    msg,
+                    f"check of journey {key!r} in",
+                    {"journey_key": key.encode()},
+                )
+                continue
+            effects.extend(out)
         await self.emit(msg.partition, effects)
 
     def check(self, partition: int, key: str, wm: int) -> list[Effect]:
@@ -583,9 +736,10 @@ class JourneyShell:
     def forward(self, key: str, tps: list[Touchpoint]) -> None:
         """Pass touchpoints on to another journey, when this batch ends (:meth:`send_forwards`)."""
         if tps:
-            queued = self.outbox.get(key)
+            outbox = self.outbox if self._step is None else self._step.outbox
+            queued = outbox.get(key)
             if queued is None:
-                self.outbox[key] = list(tps)
+                outbox[key] = list(tps)
             else:
                 queued.extend(tps)
 
@@ -733,6 +887,28 @@ class JourneyShell:
                 state = JourneyState.loads(raw)
                 if state.merged_into is None:
                     yield state
+
+
+def _encoded_groups(key: str, segments: list[list[Touchpoint]]) -> bytes:
+    """A failed journey's touchpoints as a ``touchpoints.resolved`` value, for its dead letter."""
+    tps = [tp for seg in segments for tp in seg]
+    try:
+        return contract.dumps_groups([(key, tps)])
+    except Exception:
+        return contract.encode_rejected([[key, [tp.to_dict() for tp in tps]]])
+
+
+def _encoded_check(wm: int, key: str) -> bytes:
+    """A failed journey's check as a ``journey.timers`` value, for its dead letter."""
+    return orjson.dumps({"watermark": wm, "keys": [key]})
+
+
+def _provenance(key: str, messages: list[Any]) -> dict[str, bytes]:
+    """Headers naming the journey and every message its touchpoints came in."""
+    out = {"journey_key": key.encode()}
+    if len(messages) > 1:
+        out["source_offsets"] = ",".join(str(m.offset) for m in messages[:100]).encode()
+    return out
 
 
 def register_journey(app: faust.App, settings: Settings, topics: Any) -> JourneyShell:

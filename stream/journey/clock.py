@@ -19,18 +19,23 @@ class PartitionClock:
 
     ``watermark = max event time seen - allowed lateness``; while the partition
     is read to its end and has been idle for ``idle_ms``, it also follows the
-    wall clock (``now - allowed lateness``). It never goes backwards. Ingest
-    runs it with no lateness and sends the result to the journey partitions as
-    the source's mark (see :class:`MergedClock`).
+    wall clock (``now - allowed lateness``). It never goes backwards, and never
+    runs more than ``max_ahead_ms`` (when set) ahead of the wall clock: the
+    contract turns such events away, and this bounds what one that got through
+    could do. Ingest runs it with no lateness and sends the result to the
+    journey partitions as the source's mark (see :class:`MergedClock`).
     """
 
     lateness_ms: int
     idle_ms: int = 2000
+    max_ahead_ms: int | None = None
     max_event_time: int = NEVER
     last_activity_ms: int = 0
     _watermark: int = NEVER
 
     def observe(self, event_time: int, now_ms: int) -> None:
+        if self.max_ahead_ms is not None:
+            event_time = min(event_time, now_ms + self.max_ahead_ms)
         if event_time > self.max_event_time:
             self.max_event_time = event_time
         self.last_activity_ms = now_ms
@@ -59,11 +64,13 @@ class MergedClock:
     ``MergedClock`` with no lateness over the source marks it reads). The
     watermark is the smallest mark minus the allowed lateness, and nothing
     until every input (``sources`` of them) has reported: an event, or an
-    orphan journey's merge, still on its way can never be overtaken.
+    orphan journey's merge, still on its way can never be overtaken. A mark
+    counts at most ``max_ahead_ms`` (when set) ahead of the wall clock.
     """
 
     lateness_ms: int
     sources: int
+    max_ahead_ms: int | None = None
     marks: dict[Hashable, int] = field(default_factory=dict)
     _watermark: int = NEVER
     #: (watermark, wall time it was reached), for fire-delay measurement.
@@ -71,6 +78,8 @@ class MergedClock:
 
     def update(self, source: Hashable, mark: int, now_ms: int) -> int:
         """Record an input's mark; returns the (never decreasing) watermark."""
+        if self.max_ahead_ms is not None:
+            mark = min(mark, now_ms + self.max_ahead_ms)
         if mark > self.marks.get(source, NEVER):
             self.marks[source] = mark
             if len(self.marks) >= self.sources:

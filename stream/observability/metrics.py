@@ -39,8 +39,16 @@ INGESTED = Counter(
 )
 DLQ = Counter(
     "journey_events_dead_lettered_total",
-    "Events sent to the dead-letter topic, by reason.",
+    "Events sent to the dead-letter topic, by reason: malformed, invalid_<field>, "
+    "limit_<limit> (depth, string, key, keys, items, number, type, event_size, message_size, "
+    "event_time, state_size), error (an unexpected exception).",
     ["reason"],
+)
+AGENT_ERRORS = Counter(
+    "journey_agent_errors_total",
+    "Records (or journeys of a packed record) an agent failed on unexpectedly; each was "
+    "dead-lettered with the exception as its reason and the agent went on.",
+    ["agent"],
 )
 DUPLICATES = Counter(
     "journey_events_duplicate_total",

@@ -25,7 +25,7 @@ import threading
 import time
 import zlib
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import orjson
@@ -34,7 +34,7 @@ from kafka.errors import KafkaError
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from stream import contract
-from stream.contract import InvalidTouchpoint, Touchpoint
+from stream.contract import EventTimeWindow, InvalidTouchpoint, Touchpoint
 from stream.observability import metrics
 from stream.producers import segment
 from stream.producers.publisher import Publisher, PublishError, Record, packed_records
@@ -98,7 +98,26 @@ class RejectedCall:
     reason: str
     raw: bytes
     index: int | None = None
-    message_id: Any = None
+    message_id: str | int | None = None
+    #: Bounded metrics label (``contract.reason_label``).
+    label: str = "malformed"
+
+    @classmethod
+    def of(
+        cls, exc: InvalidTouchpoint, raw: bytes, index: int | None, message: Any
+    ) -> RejectedCall:
+        label = contract.reason_label(exc.field, exc.limit)
+        return cls(contract.reason_text(exc.reason), raw, index, message_id_of(message), label)
+
+
+def message_id_of(message: Any) -> str | int | None:
+    """A call's ``messageId`` to echo in answers and logs: text (cut) or an integer only."""
+    value = message.get("messageId") if isinstance(message, dict) else None
+    if isinstance(value, str):
+        return value[: contract.DEFAULT_LIMITS.max_key_chars]
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value if contract.INT64_MIN <= value <= contract.INT64_MAX else None
+    return None
 
 
 class BrokerConnection:
@@ -269,16 +288,19 @@ def _values(group: Sequence[Touchpoint]) -> list[bytes]:
     return _values(group[:mid]) + _values(group[mid:])
 
 
-def dead_letter(topic: str, rejected: RejectedCall) -> HeaderRecord:
-    """The dead-letter record of a rejected call: its original JSON, the reason in headers."""
+def dead_letter(topic: str, rejected: RejectedCall, max_bytes: int) -> HeaderRecord:
+    """The dead-letter record of a rejected call: its original JSON (a prefix past
+    ``max_bytes``, see ``contract.dead_letter``), the reason in headers."""
+    value, extra = contract.dead_letter(rejected.raw, max_bytes)
     headers = [
-        ("reason", rejected.reason.encode()),
+        ("reason", contract.reason_text(rejected.reason).encode()),
         ("source", DLQ_SOURCE),
         ("stage", DLQ_SOURCE),
     ]
     if rejected.index is not None:
         headers.append(("index", str(rejected.index).encode()))
-    return (topic, None, rejected.raw, headers)
+    headers.extend(extra.items())
+    return (topic, None, value, headers)
 
 
 class Collector:
@@ -288,6 +310,8 @@ class Collector:
         self.settings = settings
         self.config = settings.collector
         self.connection = connection
+        j = settings.journey
+        self.window = EventTimeWindow.of_seconds(j.max_future_s, j.max_past_s)
 
     def call_handler(self, call: str) -> Any:
         async def handle(request: web.Request) -> web.Response:
@@ -299,15 +323,22 @@ class Collector:
         return await self.accept(request, None)
 
     async def accept(self, request: web.Request, call: str | None) -> web.Response:
-        """Authenticate, read, map, publish and answer one request (``call`` None: a batch)."""
+        """Authenticate, read, map, publish and answer one request (``call`` None: a batch).
+
+        Each call is held to the input limits and the event-time window
+        (``stream.contract``); a call that fails, or that mapping fails on in
+        any other way, is answered 400 and dead-lettered with the reason,
+        while the other calls of a batch are published. A body that holds no
+        calls (not JSON, not an object, no batch array) is answered 400 alone.
+        """
         call_limit = self.config.max_call_bytes
         limit = call_limit if call else self.config.max_batch_bytes
         source = self._header_source(request)
         body = await read_body(request, limit)
+        received_at_ms = int(time.time() * 1000)
         data = _decode(body, authenticated=source is not None)
         if source is None:
             source = self._body_source(data)
-        received_at_ms = int(time.time() * 1000)
         calls: list[tuple[int | None, Any, bytes]]
         if call is not None:
             calls = [(None, {**data, "type": call}, body)]
@@ -319,17 +350,30 @@ class Collector:
             try:
                 if len(raw) > call_limit:
                     raise InvalidTouchpoint(
-                        f"call is {len(raw)} bytes, over the {call_limit}-byte limit"
+                        f"call is {len(raw)} bytes, over the {call_limit}-byte limit",
+                        None,
+                        "event_size",
                     )
                 tp = segment.to_touchpoint(
                     message,
                     source=source,
                     event_types=self.config.event_types,
                     received_at_ms=received_at_ms,
+                    limits=self.settings.limits,
+                    window=self.window,
+                    size=len(raw),
                 )
             except InvalidTouchpoint as exc:
-                message_id = message.get("messageId") if isinstance(message, dict) else None
-                rejected.append(RejectedCall(exc.reason, raw, index, message_id))
+                rejected.append(RejectedCall.of(exc, raw, index, message))
+                continue
+            except Exception as exc:
+                # A bug, not the caller's fault, but retrying cannot help: kept for replay.
+                log.exception("mapping a call from source %s failed (index %s)", source, index)
+                reason = f"call could not be processed: {type(exc).__name__}: {exc}"
+                failed = InvalidTouchpoint(reason)
+                rejected.append(
+                    replace(RejectedCall.of(failed, raw, index, message), label="error")
+                )
                 continue
             accepted.append(tp)
         await self._publish(accepted, rejected)
@@ -391,20 +435,28 @@ class Collector:
         return source
 
     def _batch_calls(self, data: Mapping[str, Any]) -> list[tuple[int | None, Any, bytes]]:
-        """(index, call with the batch context merged under its own, original bytes)."""
+        """(index, call with the batch's context and sentAt under its own, its bytes).
+
+        A call's bytes are its JSON re-encoded (``contract.encode_rejected``:
+        a call too deep for JSON encoders is cut at the depth limit).
+        """
         batch = data.get("batch")
         if not isinstance(batch, list):
             raise Refusal(400, "invalid_request", "batch must be an array of calls")
         shared = data.get("context")
         if shared is not None and not isinstance(shared, dict):
             raise Refusal(400, "invalid_request", "context must be an object")
+        # Segment's SDKs send the clock at sending once per batch (skew correction).
+        sent_at = data.get("sentAt")
         calls: list[tuple[int | None, Any, bytes]] = []
         for index, item in enumerate(batch):
-            raw = orjson.dumps(item)
-            if shared and isinstance(item, dict):
+            raw = contract.encode_rejected(item, self.settings.limits)
+            if isinstance(item, dict):
                 own = item.get("context")
-                if own is None or isinstance(own, dict):
+                if shared and (own is None or isinstance(own, dict)):
                     item = {**item, "context": {**shared, **(own or {})}}
+                if sent_at is not None and item.get("sentAt") is None:
+                    item = {**item, "sentAt": sent_at}
             calls.append((index, item, raw))
         return calls
 
@@ -414,7 +466,9 @@ class Collector:
         topics = self.settings.topics
         partitions = await self.connection.partition_count(topics.touchpoints) if accepted else None
         records = touchpoint_records(topics.touchpoints, accepted, partitions)
-        dead = [dead_letter(topics.dlq, r) for r in rejected]
+        dead = [
+            dead_letter(topics.dlq, r, self.settings.limits.dead_letter_bytes) for r in rejected
+        ]
         if not records and not dead:
             return
         try:
@@ -422,6 +476,8 @@ class Collector:
         except PublishError as exc:
             log.error("answering 503: %s", exc)
             raise Refusal(503, "broker_unavailable", str(exc)) from None
+        for r in rejected:
+            metrics.DLQ.labels(reason=r.label).inc()
 
     async def health(self, request: web.Request) -> web.Response:
         broker = self.connection.status()

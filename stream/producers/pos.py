@@ -32,6 +32,7 @@ import signal
 import sys
 import textwrap
 import threading
+import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
@@ -42,7 +43,7 @@ import orjson
 from kafka.errors import KafkaError
 
 from stream import contract
-from stream.contract import InvalidTouchpoint, Touchpoint
+from stream.contract import DEFAULT_LIMITS, EventTimeWindow, InvalidTouchpoint, Limits, Touchpoint
 from stream.observability import metrics
 from stream.producers.publisher import Publisher, PublishError, Record, packed_records
 from stream.settings import Settings
@@ -109,8 +110,10 @@ checkpoint and exit 0. A one-line JSON report is printed at the end.
 """
 
 
-def row_to_touchpoint(row: Mapping[str, Any], *, default_currency: str) -> Touchpoint:
-    """Map one POS export row to a validated touchpoint.
+def row_to_touchpoint(
+    row: Mapping[str, Any], *, default_currency: str, limits: Limits = DEFAULT_LIMITS
+) -> Touchpoint:
+    """Map one POS export row to a validated touchpoint, held to ``limits``.
 
     Column names are matched case-insensitively; empty values count as
     missing. Raises :class:`InvalidTouchpoint` naming the first problem.
@@ -155,7 +158,8 @@ def row_to_touchpoint(row: Mapping[str, Any], *, default_currency: str) -> Touch
             "customer_id": customer_id,
             "properties": properties,
             "source": SOURCE,
-        }
+        },
+        limits,
     )
 
 
@@ -759,6 +763,9 @@ class PosProducer:
         #: Counts of the current (or last) run; readable while it runs.
         self.report = PosReport()
         self._partitions: int | None = None
+        j = settings.journey
+        #: A sale's time is held to the window around when the row is read.
+        self.window = EventTimeWindow.of_seconds(j.max_future_s, j.max_past_s)
 
     def run(
         self,
@@ -904,12 +911,15 @@ class PosProducer:
         currency = self.settings.pos.default_currency
         tps: list[Touchpoint] = []
         rejects: list[tuple[ExportRow, str]] = []
+        limits = self.settings.limits
+        read_at = int(time.time() * 1000)
         for row in batch:
             if isinstance(row.row, InvalidTouchpoint):
                 rejects.append((row, row.row.reason))
                 continue
             try:
-                tp = row_to_touchpoint(row.row, default_currency=currency)
+                tp = row_to_touchpoint(row.row, default_currency=currency, limits=limits)
+                self.window.check(tp.timestamp, read_at)
             except InvalidTouchpoint as exc:
                 rejects.append((row, exc.reason))
                 continue
@@ -941,12 +951,30 @@ class PosProducer:
 
     def _write_rejects(self, key: str, rejects: list[tuple[ExportRow, str]]) -> None:
         self.rejects_path.parent.mkdir(parents=True, exist_ok=True)
+        max_bytes = self.settings.limits.dead_letter_bytes
         with open(self.rejects_path, "ab") as fh:
             for row, reason in rejects:
-                entry = {"file": key, "line": row.line, "reason": reason, "raw": row.raw}
+                entry = reject_entry(key, row, reason, max_bytes)
                 fh.write(orjson.dumps(entry) + b"\n")
             fh.flush()
             os.fsync(fh.fileno())
+
+
+def reject_entry(key: str, row: ExportRow, reason: str, max_bytes: int) -> dict[str, Any]:
+    """A reject file entry: the row's text, cut past ``max_bytes`` (as a dead letter is:
+    the original's size and SHA-256 beside it)."""
+    entry: dict[str, Any] = {
+        "file": key,
+        "line": row.line,
+        "reason": contract.reason_text(reason),
+        "raw": row.raw,
+    }
+    data = row.raw.encode(errors="replace")
+    value, cut = contract.dead_letter(data, max_bytes)
+    if cut:
+        entry["raw"] = value.decode(errors="ignore")
+        entry.update({name: head.decode() for name, head in cut.items()})
+    return entry
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

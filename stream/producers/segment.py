@@ -9,8 +9,9 @@ touchpoint contract and lets :func:`stream.contract.parse` decide validity.
   E-commerce spec v2 names); an unmapped name becomes its snake_case form and
   is kept, so new events flow before anyone configures them.
 - ``page`` and ``screen``: ``page_view`` (a ``screen`` is always channel ``app``).
-- ``identify``: ``identify``; the traits are kept and the ones the engine uses
-  (email, names, loyalty id, phone, timezone) are lifted into properties.
+- ``identify``: ``identify``; the traits (``traits``, and ``context.traits`` where
+  RudderStack's SDKs put them) are kept and the ones the engine uses (email,
+  names, loyalty id, phone, timezone) are lifted into properties.
 - ``alias``: ``alias``; ``previousId`` is kept and doubles as the anonymous id,
   so the link lands where that id's events already are.
 - ``group``: ``group``, a type the engine does not know but keeps.
@@ -27,7 +28,7 @@ from typing import Any
 import orjson
 
 from stream import contract
-from stream.contract import InvalidTouchpoint, Touchpoint
+from stream.contract import DEFAULT_LIMITS, EventTimeWindow, InvalidTouchpoint, Limits, Touchpoint
 
 CALLS = ("track", "page", "screen", "identify", "alias", "group")
 CALL_TYPES = {
@@ -76,18 +77,25 @@ def to_touchpoint(
     source: str,
     event_types: Mapping[str, str],
     received_at_ms: int,
+    limits: Limits = DEFAULT_LIMITS,
+    window: EventTimeWindow | None = None,
+    size: int | None = None,
 ) -> Touchpoint:
     """Map one decoded Segment call to a validated :class:`Touchpoint`.
 
     ``message["type"]`` names the call; ``source`` is the source name of the
-    write key the call came with; ``received_at_ms`` is the event time when the
-    call carries none. Raises :class:`InvalidTouchpoint` with a precise reason,
-    and nothing else, whatever ``message`` holds.
+    write key the call came with; ``received_at_ms`` is when the collector
+    received it (see :func:`event_time`). The call is held to ``limits``
+    (``size``: the bytes it arrived as, if known) before anything else reads
+    it, and its event time to ``window`` when given. Raises
+    :class:`InvalidTouchpoint` with a precise reason, and nothing else,
+    whatever ``message`` holds.
     """
-    if not isinstance(message, Mapping):
+    if not isinstance(message, dict):
         raise InvalidTouchpoint(
             f"a Segment call must be a JSON object, got {type(message).__name__}"
         )
+    contract.check_size(message, limits, size, "call")
     call = message.get("type")
     if not isinstance(call, str) or call not in CALLS:
         raise InvalidTouchpoint(
@@ -98,7 +106,11 @@ def to_touchpoint(
     customer_id = _segment_id(message, "userId")
     anonymous_id = _segment_id(message, "anonymousId")
     if call == "identify":
-        properties = _identify_properties(_object(message, "traits"))
+        # RudderStack's SDKs send identify traits in context.traits: read them like
+        # traits (which win where both name a trait), as RudderStack's server does.
+        shared = context.get("traits")
+        traits = {**(shared if isinstance(shared, dict) else {}), **_object(message, "traits")}
+        properties = _identify_properties(traits)
     elif call == "alias":
         previous_id = _segment_id(message, "previousId")
         if previous_id is None:
@@ -120,23 +132,23 @@ def to_touchpoint(
                 value = message.get(name)
                 if isinstance(value, str) and value and name not in properties:
                     properties[name] = value
+    timestamp = event_time(message, received_at_ms)
+    if window is not None:
+        window.check(timestamp, received_at_ms)
     tp = contract.parse(
         {
             "event_id": _event_id(message, source),
             "type": type_,
             "channel": _channel(call, context),
-            "timestamp": _event_time(message, received_at_ms),
+            "timestamp": timestamp,
             "customer_id": customer_id,
             "anonymous_id": anonymous_id,
             "properties": properties,
             "context": _context(context),
             "source": source,
-        }
+        },
+        limits,
     )
-    try:
-        contract.dumps(tp)
-    except orjson.JSONEncodeError as exc:
-        raise InvalidTouchpoint(f"the call holds a value JSON cannot carry: {exc}") from None
     return tp
 
 
@@ -298,20 +310,38 @@ def _event_id(message: Mapping[str, Any], source: str) -> str:
     return value
 
 
-def _event_time(message: Mapping[str, Any], received_at_ms: int) -> int:
-    """``timestamp``, else ``originalTimestamp``, else ``sentAt``, else arrival time."""
-    for name in ("timestamp", "originalTimestamp", "sentAt"):
-        value = message.get(name)
-        if value is None or value == "":
-            continue
-        try:
-            return contract.parse_timestamp(value)
-        except InvalidTouchpoint as exc:
-            raise InvalidTouchpoint(f"{name}: {exc.reason}", name) from None
-        except OverflowError:
-            # datetime cannot shift year 1 or 9999 by a UTC offset.
-            raise InvalidTouchpoint(f"{name} is outside 2000..2100", name) from None
-    return received_at_ms
+def event_time(message: Mapping[str, Any], received_at_ms: int) -> int:
+    """The call's event time, corrected for the client's clock skew as Segment does.
+
+    The time the client gave (``timestamp``, else ``originalTimestamp``: Segment's
+    ``originalTimestamp``); with ``sentAt`` (the client's clock when it sent
+    the call, or the batch), ``receivedAt - (sentAt - originalTimestamp)``,
+    where ``receivedAt`` is ``received_at_ms``: a device clock set a year
+    ahead moves both by a year and the difference stays. Without a time,
+    ``received_at_ms``.
+    """
+    original = _client_time(message, "timestamp")
+    if original is None:
+        original = _client_time(message, "originalTimestamp")
+    if original is None:
+        return received_at_ms
+    sent_at = _client_time(message, "sentAt")
+    if sent_at is None:
+        return original
+    return received_at_ms - (sent_at - original)
+
+
+def _client_time(message: Mapping[str, Any], name: str) -> int | None:
+    value = message.get(name)
+    if value is None or value == "":
+        return None
+    try:
+        return contract.parse_timestamp(value)
+    except InvalidTouchpoint as exc:
+        raise InvalidTouchpoint(f"{name}: {exc.reason}", name) from None
+    except OverflowError:
+        # datetime cannot shift year 1 or 9999 by a UTC offset.
+        raise InvalidTouchpoint(f"{name} is outside 2000..2100", name) from None
 
 
 def _segment_id(message: Mapping[str, Any], name: str) -> str | None:

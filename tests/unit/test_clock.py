@@ -213,3 +213,17 @@ def test_merged_clock_is_min_of_latest_marks_minus_lateness(
         want = min(best.values()) - LATE if len(best) == 4 else NEVER
         assert wm == max(previous, want)
         previous = wm
+
+
+def test_a_source_mark_runs_at_most_max_ahead_of_the_wall_clock() -> None:
+    clock = PartitionClock(0, idle_ms=IDLE, max_ahead_ms=300_000)
+    clock.observe(4_102_444_799_000, now_ms=T0)  # 2099
+    assert clock.watermark(T0, caught_up=False) == T0 + 300_000
+    clock.observe(T0 + 10, now_ms=T0 + 1)
+    assert clock.watermark(T0 + 1, caught_up=False) == T0 + 300_000
+
+
+def test_a_merged_clock_counts_a_mark_at_most_max_ahead_of_the_wall_clock() -> None:
+    clock = MergedClock(LATE, sources=2, max_ahead_ms=300_000)
+    clock.update("a", 4_102_444_799_000, now_ms=T0)
+    assert clock.update("b", 4_102_444_799_000, now_ms=T0) == T0 + 300_000 - LATE

@@ -279,6 +279,18 @@ json_values = st.recursive(
     ),
     max_leaves=12,
 )
+#: JSON values within the input limits (integers within signed 64 bits).
+valid_values = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers(min_value=contract.INT64_MIN, max_value=contract.INT64_MAX)
+    | st.floats(allow_nan=False, allow_infinity=False)
+    | st.text(max_size=20),
+    lambda children: (
+        st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=10), children, max_size=4)
+    ),
+    max_leaves=12,
+)
 #: Values the contract's own field names are likely to meet; lists/dicts are left out of
 #: "channel" is drawn from text only: unhashable channels have their own test above.
 field_values = st.fixed_dictionaries(
@@ -355,7 +367,7 @@ plain_props = st.dictionaries(
     st.text(max_size=8).filter(
         lambda k: k not in {"price", "value", "revenue", "total", "quantity", "products", "items"}
     ),
-    json_values,
+    valid_values,
     max_size=4,
 )
 
@@ -389,7 +401,7 @@ def touchpoints(draw: st.DrawFn) -> Touchpoint:
         customer_id=customer_id,
         anonymous_id=anonymous_id,
         properties=props,
-        context=draw(st.dictionaries(st.text(max_size=8), json_values, max_size=3)),
+        context=draw(st.dictionaries(st.text(max_size=8), valid_values, max_size=3)),
         source=source,
     )
 

@@ -276,11 +276,13 @@ def test_bad_ecommerce_values_are_rejected_with_a_reason(
         ({"timestamp": "2024-11-04T09:00:00.123456+00:00"}, 1_730_710_800_123),
         ({"timestamp": "2024-11-04T04:00:00-05:00"}, 1_730_710_800_000),
         ({"timestamp": 1_730_710_800_500}, 1_730_710_800_500),
+        ({"timestamp": None, "originalTimestamp": "2024-11-04T09:00:01Z"}, 1_730_710_801_000),
+        # With sentAt, corrected for clock skew: receivedAt - (sentAt - originalTimestamp).
         (
             {"timestamp": None, "originalTimestamp": "2024-11-04T09:00:01Z", "sentAt": TS},
-            1_730_710_801_000,
+            RECEIVED_AT - (TS_MS - 1_730_710_801_000),
         ),
-        ({"timestamp": None, "sentAt": "2024-11-04T09:00:02Z"}, 1_730_710_802_000),
+        ({"timestamp": None, "sentAt": "2024-11-04T09:00:02Z"}, RECEIVED_AT),
         ({"timestamp": None}, RECEIVED_AT),
     ],
 )
