@@ -10,7 +10,10 @@ event-time bucket (a UTC day by default), segment value and stage:
   in (``closed_from``: a report subtracts them from ``opened`` for open visits);
 - per (touchpoint, channel) and per touchpoint in any channel (channel ""):
   closed visits with it and how many of those advanced;
-- a :class:`DurationSketch` of time to advance.
+- a :class:`DurationSketch` of time to advance;
+- for alerts, the same-bucket counts: visits begun in the bucket that advanced
+  in it (``advanced_same``), and per touchpoint, visits begun in the bucket that
+  first saw it in the bucket (``touched_same``).
 
 ``merge`` adds counts and sketches, so merging per-partition aggregates in any
 order or grouping gives exactly what one pass over every visit gives.
@@ -36,7 +39,14 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from stream.analytics.sketch import DurationSketch
-from stream.journey.visits import ADVANCED, DROPPED, VisitClosed, VisitOpened
+from stream.journey.visits import (
+    ADVANCED,
+    DROPPED,
+    VisitClosed,
+    VisitEffect,
+    VisitOpened,
+    VisitTouched,
+)
 from stream.settings import AnalyticsSettings
 
 FORMAT = 1
@@ -70,12 +80,15 @@ class StageCounts:
     touchpoints: dict[tuple[str, str], list[int]] = field(default_factory=dict)
     touchpoints_dropped: int = 0
     time_to_advance: DurationSketch = field(default_factory=DurationSketch)
+    advanced_same: int = 0
+    touched_same: dict[str, int] = field(default_factory=dict)
 
     @property
     def advanced(self) -> int:
         return sum(self.advanced_to.values())
 
-    def merge(self, other: StageCounts, capacity: int) -> None:
+    def merge(self, other: StageCounts, capacity: int | None = None) -> None:
+        """Add ``other``'s counts; ``capacity`` bounds the touchpoint keys (None: no bound)."""
         self.opened += other.opened
         self.started += other.started
         for stage, n in other.advanced_to.items():
@@ -92,13 +105,19 @@ class StageCounts:
                 mine[1] += a
         self.touchpoints_dropped += other.touchpoints_dropped
         self.time_to_advance.merge(other.time_to_advance)
-        self.cap_touchpoints(capacity)
+        self.advanced_same += other.advanced_same
+        for name, n in other.touched_same.items():
+            self.touched_same[name] = self.touched_same.get(name, 0) + n
+        if capacity is not None:
+            self.cap_touchpoints(capacity)
 
     def cap_touchpoints(self, capacity: int) -> None:
-        if len(self.touchpoints) <= capacity:
-            return
-        for key in sorted(self.touchpoints, key=_touchpoint_rank)[capacity:]:
-            self.touchpoints_dropped += self.touchpoints.pop(key)[0]
+        if len(self.touchpoints) > capacity:
+            for key in sorted(self.touchpoints, key=_touchpoint_rank)[capacity:]:
+                self.touchpoints_dropped += self.touchpoints.pop(key)[0]
+        if len(self.touched_same) > capacity:
+            for name in sorted(self.touched_same, key=_rank)[capacity:]:
+                del self.touched_same[name]
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -110,6 +129,8 @@ class StageCounts:
             "touchpoints": [[n, c, *self.touchpoints[n, c]] for n, c in sorted(self.touchpoints)],
             "touchpoints_dropped": self.touchpoints_dropped,
             "time_to_advance": self.time_to_advance.to_dict(),
+            "advanced_same": self.advanced_same,
+            "touched_same": [[n, self.touched_same[n]] for n in sorted(self.touched_same)],
         }
 
     @classmethod
@@ -125,6 +146,8 @@ class StageCounts:
             },
             touchpoints_dropped=int(d.get("touchpoints_dropped", 0)),
             time_to_advance=DurationSketch.from_dict(d.get("time_to_advance") or {}),
+            advanced_same=int(d.get("advanced_same", 0)),
+            touched_same={str(n): int(k) for n, k in d.get("touched_same", ())},
         )
 
 
@@ -177,9 +200,16 @@ class Aggregate:
             return None
         return max(self.buckets) - self.retention_buckets + 1
 
-    def add(self, effect: VisitOpened | VisitClosed) -> int | None:
-        """Count one visit effect; returns the bucket it changed (None: beyond retention)."""
-        at = effect.entered_at if isinstance(effect, VisitOpened) else effect.ended_at
+    def add(self, effect: VisitEffect) -> int | None:
+        """Count one visit effect; returns the bucket it changed (None: nothing to count)."""
+        if isinstance(effect, VisitOpened):
+            at = effect.entered_at
+        elif isinstance(effect, VisitTouched):
+            at = effect.at
+            if self.bucket_of(at) != self.bucket_of(effect.entered_at):
+                return None  # only same-bucket touches are kept (for alerts)
+        else:
+            at = effect.ended_at
         b = self.bucket_of(at)
         oldest = self.oldest_kept
         if oldest is not None and b < oldest:
@@ -189,13 +219,17 @@ class Aggregate:
         if isinstance(effect, VisitOpened):
             counts.opened += 1
             counts.started += effect.first
+        elif isinstance(effect, VisitTouched):
+            name = effect.touchpoint
+            counts.touched_same[name] = counts.touched_same.get(name, 0) + 1
+            counts.cap_touchpoints(self.touchpoint_capacity)
         else:
             self._add_closed(counts, effect)
         if newest is not None and b > newest:
             self.prune()
         return b
 
-    def add_all(self, effects: Iterable[VisitOpened | VisitClosed]) -> set[int]:
+    def add_all(self, effects: Iterable[VisitEffect]) -> set[int]:
         """Count visit effects; returns the buckets changed."""
         touched = set()
         for effect in effects:
@@ -211,6 +245,7 @@ class Aggregate:
             assert v.to_stage is not None
             counts.advanced_to[v.to_stage] = counts.advanced_to.get(v.to_stage, 0) + 1
             counts.time_to_advance.add(v.duration_ms)
+            counts.advanced_same += entry == self.bucket_of(v.ended_at)
         elif v.outcome == DROPPED:
             counts.dropped += 1
         else:

@@ -13,8 +13,8 @@
 They return the state and its *effects*, in order: stage transitions,
 follow-up triggers (abandonment deadlines
 passed, configured stage follow-ups),
-recovery records and, when the model keeps them, stage visits opened and
-closed (see :mod:`stream.journey.visits`).
+recovery records and, when the model keeps them, stage visits opened,
+touched and closed (see :mod:`stream.journey.visits`).
 
 Functions take ownership of the state passed in (they may change it) and
 return the new state; they read no clock and do no I/O.
@@ -39,14 +39,14 @@ from stream.journey.state import (
     StageVisit,
     Transition,
 )
-from stream.journey.visits import VisitClosed, VisitEffect, VisitOpened
+from stream.journey.visits import VisitClosed, VisitEffect, VisitOpened, VisitTouched
 from stream.triggers import abandonment
 from stream.triggers.abandonment import Recovery
 from stream.triggers.trigger import Trigger
 
 LAPSE_CAUSE = "lapse"
 
-Effect = Transition | Trigger | Recovery | VisitOpened | VisitClosed
+Effect = Transition | Trigger | Recovery | VisitOpened | VisitTouched | VisitClosed
 
 
 def split(
@@ -71,7 +71,7 @@ def split(
 
 def visit_effects(effects: Iterable[Effect]) -> list[VisitEffect]:
     """The visits opened and closed among ``effects``, in the order produced."""
-    return [e for e in effects if isinstance(e, VisitOpened | VisitClosed)]
+    return [e for e in effects if isinstance(e, VisitOpened | VisitTouched | VisitClosed)]
 
 
 def _order(tp: Touchpoint) -> tuple[int, str]:
@@ -383,7 +383,7 @@ def _step(state: JourneyState, tp: Touchpoint, model: StageModel, at: int) -> li
     if target is not None and _allowed(state, target, model):
         out.extend(_enter(state, target, at, tp.event_id, model))
     if model.visits is not None:
-        visits.touch(state, tp, model.visits)
+        out.extend(visits.touch(state, tp, at, model.visits))
     return out
 
 

@@ -11,8 +11,9 @@ A visit begins when a journey enters a stage and ends, in event time:
   into a customer's while one of its visits is open: that visit is neither
   advanced nor dropped, its events go on in the customer's journey.
 
-The rules emit :class:`VisitOpened` when a visit begins and :class:`VisitClosed`
-when it ends, like transitions and triggers. While a visit is open, the
+The rules emit :class:`VisitOpened` when a visit begins, :class:`VisitTouched`
+when a touchpoint is first seen in it and :class:`VisitClosed` when it ends,
+like transitions and triggers. While a visit is open, the
 journey keeps it as :class:`OpenVisit`: its stage, segment and the distinct
 touchpoints seen in it (bounded). Pure data and functions: no I/O, no clock.
 """
@@ -187,7 +188,33 @@ class VisitClosed:
         )
 
 
-VisitEffect = VisitOpened | VisitClosed
+@dataclass(frozen=True, slots=True)
+class VisitTouched:
+    """A touchpoint seen for the first time in the visit that began at ``entered_at``.
+
+    Emitted when it is seen (at ``at``), not when the visit ends, so a visit that
+    fails (and only ends dropped a window later) shows its touchpoints at once.
+    """
+
+    journey_key: str
+    stage: str
+    entered_at: int
+    segment: str
+    touchpoint: str
+    at: int
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "journey_key": self.journey_key,
+            "stage": self.stage,
+            "entered_at": self.entered_at,
+            "segment": self.segment,
+            "touchpoint": self.touchpoint,
+            "at": self.at,
+        }
+
+
+VisitEffect = VisitOpened | VisitTouched | VisitClosed
 
 
 def touchpoint_name(tp: Touchpoint, refine_by: str) -> str:
@@ -228,18 +255,27 @@ def note_segment(state: JourneyState, tp: Touchpoint, rules: VisitRules) -> None
         state.segment_value = value
 
 
-def touch(state: JourneyState, tp: Touchpoint, rules: VisitRules) -> None:
-    """Add a settled touchpoint to the open visit (distinct pairs, bounded)."""
+def touch(state: JourneyState, tp: Touchpoint, at: int, rules: VisitRules) -> list[VisitEffect]:
+    """Add a settled touchpoint (applied at ``at``) to the open visit (distinct pairs, bounded).
+
+    Returns a :class:`VisitTouched` when the touchpoint is new to the visit in
+    any channel.
+    """
     visit = state.visit
     if visit is None:
-        return
-    pair = [touchpoint_name(tp, rules.touchpoint_property), tp.channel]
+        return []
+    name = touchpoint_name(tp, rules.touchpoint_property)
+    pair = [name, tp.channel]
     if pair in visit.touchpoints:
-        return
+        return []
     if len(visit.touchpoints) >= rules.max_touchpoints:
         visit.overflow += 1
-        return
+        return []
+    new = all(n != name for n, _ in visit.touchpoints)
     visit.touchpoints.append(pair)
+    if not new:
+        return []
+    return [VisitTouched(state.key, visit.stage, visit.entered_at, visit.segment, name, at)]
 
 
 def enter(
