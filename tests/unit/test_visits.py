@@ -13,7 +13,7 @@ from stream.contract import Touchpoint
 from stream.journey import rules
 from stream.journey.stages import DAY_MS, StageModel, load_model, with_visits
 from stream.journey.state import JourneyState
-from stream.journey.visits import VisitClosed, VisitOpened
+from stream.journey.visits import VisitClosed, VisitOpened, VisitTouched
 
 WEEK = 7 * 86_400
 FIVE = with_visits(load_model("five-stage"), WEEK, "page_type", "context.platform")
@@ -406,3 +406,19 @@ def test_state_with_visits_round_trips(data: st.DataObject) -> None:
     again = JourneyState.loads(state.dumps())
     assert again.to_dict() == state.to_dict()
     assert rules.advance(again, END, FIVE)[1] == rules.advance(state, END, FIVE)[1]
+
+
+def test_a_touchpoint_new_to_the_visit_is_reported_when_it_is_seen() -> None:
+    events = [
+        ev("e1", "page_view", T0, page_type="home"),
+        ev("e2", "payment_error", T0 + MIN),
+        ev("e3", "payment_error", T0 + 2 * MIN, channel="app"),
+        ev("e4", "payment_error", T0 + 3 * MIN),
+    ]
+    _, out = run(events, T0 + 3 * MIN)
+    touched = [e for e in out if isinstance(e, VisitTouched)]
+    # Once per name in the visit, whatever the channel, at the time it was seen.
+    assert [(t.stage, t.touchpoint, t.at) for t in touched] == [
+        ("awareness", "page_view:home", T0),
+        ("awareness", "payment_error", T0 + MIN),
+    ]
