@@ -5,6 +5,15 @@ returning loyal customers, and anonymous visitors who log in (and may later buy
 in store with their loyalty card). Sessions of 3-15 events, seconds to minutes
 apart; customers come back after hours.
 
+For the journey map (opt-in: ``personas=MAP_PERSONAS``, ``journey simulate
+--map``), shoppers walk the funnel with planted effects that ``journey
+report`` must find, every other touchpoint being independent of the outcome:
+a product comparison page (``page_view:comparison``) that helps them from
+consideration to decision, a support contact before checkout that hurts them
+from decision to purchase, and optionally an incident (a :class:`Incident`:
+from a given day, checkouts on one platform, ``context.platform``, fail with a
+``payment_error``).
+
 ``generate`` returns touchpoint dicts accepted by ``stream.contract.parse``,
 sorted by event time; ``to_segment`` and ``to_pos_row`` turn them into what
 the collector and the POS producer take in; ``produce`` fills the touchpoints
@@ -17,6 +26,7 @@ import argparse
 import random
 import sys
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +44,25 @@ PERSONAS: dict[str, float] = {
     "loyal_returning": 0.08,
     "anon_then_identified": 0.15,
 }
+
+#: Journey-map shoppers (see the module docstring); opt-in.
+MAP_PERSONAS: dict[str, float] = {"map_shopper": 1.0}
+PLATFORMS = ("ios", "android", "desktop")
+DAY_MS = 86_400_000
+#: The planted effects: advance probabilities with and without the touchpoint.
+MAP_COMPARISON_SHARE, MAP_ADVANCE_WITH_COMPARISON, MAP_ADVANCE_WITHOUT = 0.3, 0.8, 0.4
+MAP_SUPPORT_SHARE, MAP_BUY_AFTER_SUPPORT, MAP_BUY = 0.2, 0.25, 0.65
+
+
+@dataclass(frozen=True)
+class Incident:
+    """Checkouts on ``platform`` fail (``payment_error``, no purchase) for ``days`` days,
+    from ``day`` days after the simulation's start."""
+
+    day: int
+    days: int = 2
+    platform: str = "ios"
+
 
 TIMEZONES = ("Europe/Paris", "Europe/London", "America/New_York", "Asia/Tokyo", "Europe/Berlin")
 LOCALES = ("fr-FR", "en-GB", "en-US", "ja-JP", "de-DE")
@@ -84,7 +113,17 @@ CATALOGUE = [
 class _Customer:
     """Builds one customer's events with a running clock and counters."""
 
-    def __init__(self, rng: random.Random, n: int, seed: int, t: int) -> None:
+    def __init__(
+        self,
+        rng: random.Random,
+        n: int,
+        seed: int,
+        t: int,
+        start_ms: int = 0,
+        incident: Incident | None = None,
+    ) -> None:
+        self.start_ms = start_ms
+        self.incident = incident
         self.rng = rng
         self.n = n
         self.seed = seed
@@ -289,18 +328,65 @@ def _play(c: _Customer, persona: str) -> None:
         if with_loyalty and rng.random() < 0.5:
             c.new_session(rng.uniform(3, 24))
             c.buy_in_store("loyalty")
+    elif persona == "map_shopper":
+        _map_shopper(c)
     else:
         raise ValueError(f"unknown persona {persona!r}")
 
 
+def _map_shopper(c: _Customer) -> None:
+    """A logged-in shopper walking the funnel; only the planted touchpoints change the odds."""
+    rng = c.rng
+    platform = rng.choice(PLATFORMS)
+    c.context = {**c.context, "platform": platform}
+    c.emit("page_view", ids="customer", page_type="home")
+    if rng.random() < 0.3:
+        c.emit("email_open", channel="email", ids="customer", campaign="newsletter")
+    if rng.random() >= 0.7:
+        return  # never looks at a product
+    for _ in range(rng.randint(1, 3)):
+        sku, name, price = c.product()
+        c.emit("product_view", ids="customer", sku=sku, name=name, price=price, currency="EUR")
+    if rng.random() < 0.4:
+        c.emit("search", ids="customer", query=rng.choice(("jacket", "shoes", "gift")))
+    compared = rng.random() < MAP_COMPARISON_SHARE
+    if compared:
+        c.emit("page_view", ids="customer", page_type="comparison")
+    if rng.random() >= (MAP_ADVANCE_WITH_COMPARISON if compared else MAP_ADVANCE_WITHOUT):
+        return
+    c.add_items("customer", rng.randint(1, 2))
+    if rng.random() < 0.3:
+        c.emit("page_view", ids="customer", page_type="shipping")
+    contacted = rng.random() < MAP_SUPPORT_SHARE
+    if contacted:
+        c.emit("support_contact", channel="support", ids="customer", topic="delivery")
+    c.checkout("customer")
+    incident = c.incident
+    if (
+        incident is not None
+        and platform == incident.platform
+        and incident.day <= (c.t - c.start_ms) // DAY_MS < incident.day + incident.days
+    ):
+        c.emit("payment_error", ids="customer", cart_id=c.cart_id, reason="declined")
+        return
+    if rng.random() < (MAP_BUY_AFTER_SUPPORT if contacted else MAP_BUY):
+        c.buy_online("customer")
+
+
 def _customers(
-    customers: int, seed: int, start_ms: int, span_s: float, personas: dict[str, float] | None
+    customers: int,
+    seed: int,
+    start_ms: int,
+    span_s: float,
+    personas: dict[str, float] | None,
+    incident: Incident | None = None,
 ) -> Iterator[_Customer]:
     weights = personas or PERSONAS
     names, probs = list(weights), list(weights.values())
     for n in range(customers):
         rng = random.Random(f"{seed}:{n}")
-        c = _Customer(rng, n, seed, start_ms + int(rng.uniform(0, span_s) * 1000))
+        t = start_ms + int(rng.uniform(0, span_s) * 1000)
+        c = _Customer(rng, n, seed, t, start_ms, incident)
         _play(c, rng.choices(names, probs)[0])
         yield c
 
@@ -311,12 +397,16 @@ def generate(
     start_ms: int | None = None,
     span_s: float = 6 * 3600,
     personas: dict[str, float] | None = None,
+    incident: Incident | None = None,
 ) -> list[dict[str, Any]]:
-    """All events of ``customers`` simulated customers, sorted by (timestamp, event_id)."""
+    """All events of ``customers`` simulated customers, sorted by (timestamp, event_id).
+
+    ``incident`` applies to ``map_shopper`` customers (see :data:`MAP_PERSONAS`).
+    """
     start = DEFAULT_START_MS if start_ms is None else start_ms
     out = [
         {k: v for k, v in e.items() if k != "_session"}
-        for c in _customers(customers, seed, start, span_s, personas)
+        for c in _customers(customers, seed, start, span_s, personas, incident)
         for e in c.events
     ]
     out.sort(key=lambda e: (e["timestamp"], e["event_id"]))
@@ -465,8 +555,36 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--produce", action="store_true", help="publish to the touchpoints topic")
     parser.add_argument("--broker-url", default="", help="broker for --produce")
     parser.add_argument("--rate", type=float, default=None, help="events/s when producing")
+    parser.add_argument(
+        "--map",
+        action="store_true",
+        help="journey-map shoppers with planted effects (comparison page helps, support "
+        "contact before checkout hurts) instead of the usual personas",
+    )
+    parser.add_argument(
+        "--incident-day",
+        type=int,
+        default=None,
+        help="with --map: from this day after the start, checkouts on --incident-platform fail",
+    )
+    parser.add_argument("--incident-days", type=int, default=2, help="how long it lasts")
+    parser.add_argument("--incident-platform", default="ios", help="context.platform it hits")
     args = parser.parse_args(argv)
-    events = generate(args.customers, args.seed, args.start_ms, args.span_s)
+    if args.incident_day is not None and not args.map:
+        parser.error("--incident-day needs --map")
+    incident = (
+        None
+        if args.incident_day is None
+        else Incident(args.incident_day, args.incident_days, args.incident_platform)
+    )
+    events = generate(
+        args.customers,
+        args.seed,
+        args.start_ms,
+        args.span_s,
+        personas=MAP_PERSONAS if args.map else None,
+        incident=incident,
+    )
     if args.out:
         if str(args.out) == "-":
             for e in events:

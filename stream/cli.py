@@ -7,6 +7,7 @@ journey suppress     add/remove/list entries of the dispatcher's suppression lis
 journey collector    the Segment-compatible HTTP collector
 journey pos          publish POS transactions from CSV / JSON Lines
 journey replay       run an event log through the pure rules (the oracle)
+journey report       the journey map of an event log (stages, flows, touchpoints, alerts)
 journey simulate     generate simulated journeys (JSON Lines or to Kafka)
 journey demo         everything above, embedded, with a live summary
 journey topics       create the topics
@@ -193,6 +194,12 @@ def cmd_replay(args: argparse.Namespace, settings: Settings) -> int:
     return main(args, settings)
 
 
+def cmd_report(args: argparse.Namespace, settings: Settings) -> int:
+    from stream.analytics.offline import main
+
+    return main(args, settings)
+
+
 def passed_through(rest: Sequence[str]) -> list[str]:
     return list(rest[1:] if rest and rest[0] == "--" else rest)
 
@@ -375,6 +382,33 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="final watermark: RFC 3339, epoch ms, or 'end' "
         "(default: now minus the allowed lateness, as an idle, caught-up stream)",
+    )
+
+    p = add(
+        "report",
+        cmd_report,
+        "The journey map of a JSON Lines event log: stage visits, flows, touchpoint impact "
+        "(moments of truth, pain points), segments and drop-off alerts, as JSON. Runs the "
+        "same pure code as the stream's map.",
+    )
+    p.add_argument("file", type=Path, help="JSON Lines file of touchpoints ('-' for stdin)")
+    p.add_argument("--format", choices=["json"], default="json", help="output format (json)")
+    p.add_argument("--since", default=None, help="window start: RFC 3339 or epoch ms")
+    p.add_argument("--until", default=None, help="window end (exclusive): RFC 3339 or epoch ms")
+    p.add_argument(
+        "--segment",
+        default=None,
+        metavar="DIM:VALUE",
+        help="one segment of the [analytics] segment dimension, e.g. context.platform:ios",
+    )
+    p.add_argument(
+        "--as-of",
+        default=None,
+        help="event time the journeys are settled to, RFC 3339 or epoch ms (default: now "
+        "minus the allowed lateness, or one visit window after the log's last event if earlier)",
+    )
+    p.add_argument(
+        "--stage-model", default=None, help="stage model name or file (default: setting)"
     )
 
     p = add(

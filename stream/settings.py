@@ -331,6 +331,47 @@ class DispatchSettings:
 
 
 @dataclass(frozen=True)
+class AnalyticsSettings:
+    """The journey map: stage visits, touchpoint impact, segments and alerts.
+
+    Times are event time. See :mod:`stream.journey.visits` (what a visit is),
+    :mod:`stream.analytics.aggregate` (what is kept) and
+    :mod:`stream.analytics.report` (what is reported).
+    """
+
+    #: A visit not advanced to a later stage this long after it began ends dropped.
+    visit_window_s: float = 7 * 86400.0
+    #: A property that refines a touchpoint type into named touchpoints
+    #: (``page_type``: ``page_view:pricing``); "" for types only.
+    touchpoint_property: str = "page_type"
+    #: Distinct (touchpoint, channel) pairs one visit remembers.
+    max_visit_touchpoints: int = 32
+    #: The dimension the map can be cut by: ``context.<key>``, ``properties.<key>``,
+    #: ``channel`` or ``source`` ("" for none). A visit takes the value on the
+    #: touchpoint that began it, else the latest one its journey carried before.
+    segment: str = "context.platform"
+    #: Segment values a report names (the most visited); the rest add up as ``other``.
+    #: An aggregate keeps 4x as many per bucket before folding values into ``other``.
+    max_segment_values: int = 10
+    #: Distinct (touchpoint, channel) pairs an aggregate keeps per bucket, segment and stage.
+    max_touchpoints: int = 256
+    #: A touchpoint seen in fewer closed visits than this (or missing from fewer) is
+    #: ``insufficient`` rather than a moment of truth or a pain point.
+    min_visits: int = 20
+    #: Counts are kept per bucket of event time (UTC): one day by default.
+    bucket_s: int = 86400
+    #: Alerts compare the last ``alert_window_s`` with the ``baseline_s`` before it
+    #: (both whole buckets), by a one-sided two-proportion test at ``alert_level``,
+    #: when each window holds at least ``alert_min_count`` closed visits.
+    alert_window_s: int = 86400
+    baseline_s: int = 14 * 86400
+    alert_level: float = 0.001
+    alert_min_count: int = 20
+    #: Buckets older than this many days behind the newest one are forgotten.
+    retention_days: int = 90
+
+
+@dataclass(frozen=True)
 class SecuritySettings:
     """Checks on secrets at start (see :mod:`stream.security`)."""
 
@@ -351,6 +392,7 @@ class Settings:
     journey: JourneySettings = field(default_factory=JourneySettings)
     pos: PosSettings = field(default_factory=PosSettings)
     dispatch: DispatchSettings = field(default_factory=DispatchSettings)
+    analytics: AnalyticsSettings = field(default_factory=AnalyticsSettings)
     security: SecuritySettings = field(default_factory=SecuritySettings)
     #: The settings file these were loaded from (None: built in code).
     source: ConfigFile | None = field(default=None, compare=False)

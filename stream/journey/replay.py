@@ -3,7 +3,9 @@
 Runs an event log through the same pure functions the stream uses (identity
 resolution, journey rules) in one process, with no Kafka. For the same events,
 the streaming pipeline must end with the same journey states and the same set
-of transitions and follow-up triggers.
+of transitions and follow-up triggers. When the model keeps stage visits
+(:func:`stream.analytics.config.map_model`), the oracle collects the visits
+opened and closed as well (``journey report`` aggregates them).
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from stream.journey.clock import NEVER, DueIndex
 from stream.journey.model import journey_model
 from stream.journey.stages import StageModel
 from stream.journey.state import JourneyState, Transition
+from stream.journey.visits import VisitEffect
 from stream.settings import Settings
 from stream.triggers.trigger import Trigger
 
@@ -50,6 +53,8 @@ class Oracle:
         self.transitions: list[Transition] = []
         self.triggers: list[Trigger] = []
         self.recoveries = 0
+        #: Visits opened and closed, in the order produced (empty unless the model keeps them).
+        self.visits: list[VisitEffect] = []
         self.seen: set[str] = set()
         self.max_event_time = NEVER
         self.rejected = 0
@@ -62,6 +67,7 @@ class Oracle:
         self.transitions.extend(transitions)
         self.triggers.extend(triggers)
         self.recoveries += len(recoveries)
+        self.visits.extend(rules.visit_effects(effects))
 
     @property
     def watermark(self) -> int:

@@ -12,8 +12,9 @@
 
 They return the state and its *effects*, in order: stage transitions,
 follow-up triggers (abandonment deadlines
-passed, configured stage follow-ups) and
-recovery records.
+passed, configured stage follow-ups),
+recovery records and, when the model keeps them, stage visits opened,
+touched and closed (see :mod:`stream.journey.visits`).
 
 Functions take ownership of the state passed in (they may change it) and
 return the new state; they read no clock and do no I/O.
@@ -25,6 +26,7 @@ import bisect
 from collections.abc import Iterable
 
 from stream.contract import Touchpoint
+from stream.journey import visits
 from stream.journey.stages import StageModel
 from stream.journey.state import (
     JOURNAL_EVENTS,
@@ -37,19 +39,23 @@ from stream.journey.state import (
     StageVisit,
     Transition,
 )
+from stream.journey.visits import VisitClosed, VisitEffect, VisitOpened, VisitTouched
 from stream.triggers import abandonment
 from stream.triggers.abandonment import Recovery
 from stream.triggers.trigger import Trigger
 
 LAPSE_CAUSE = "lapse"
 
-Effect = Transition | Trigger | Recovery
+Effect = Transition | Trigger | Recovery | VisitOpened | VisitTouched | VisitClosed
 
 
 def split(
     effects: Iterable[Effect],
 ) -> tuple[list[Transition], list[Trigger], list[Recovery]]:
-    """Effects by kind, each list in the order produced."""
+    """Transitions, triggers and recoveries, each list in the order produced.
+
+    Visit effects are left out: :func:`visit_effects` picks them.
+    """
     transitions: list[Transition] = []
     triggers: list[Trigger] = []
     recoveries: list[Recovery] = []
@@ -58,9 +64,14 @@ def split(
             transitions.append(e)
         elif isinstance(e, Trigger):
             triggers.append(e)
-        else:
+        elif isinstance(e, Recovery):
             recoveries.append(e)
     return transitions, triggers, recoveries
+
+
+def visit_effects(effects: Iterable[Effect]) -> list[VisitEffect]:
+    """The visits opened and closed among ``effects``, in the order produced."""
+    return [e for e in effects if isinstance(e, VisitOpened | VisitTouched | VisitClosed)]
 
 
 def _order(tp: Touchpoint) -> tuple[int, str]:
@@ -129,6 +140,10 @@ def next_due(state: JourneyState, model: StageModel) -> int | None:
     deadline = abandonment.next_deadline(state)
     if deadline is not None:
         due.append(deadline)
+    if model.visits is not None:
+        visit_due = visits.deadline(state, model.visits)
+        if visit_due is not None:
+            due.append(visit_due)
     # Anything at or before settled_until is acted on by the next advance past it.
     return max(min(due), state.settled_until + 1) if due else None
 
@@ -163,6 +178,9 @@ def merge(
         return into, []
     into.merged_from.append(alias)
     transitions: list[Effect] = []
+    if model.visits is not None:
+        # The orphan's open visit ends here; its events go on in the customer's.
+        transitions.extend(visits.merged(other, alias))
     if other.events and (other.journal_truncated or len(other.journal) != other.events):
         if other.settled_until > into.settled_until:
             # Settle the customer's own events up to where the orphan already is,
@@ -223,6 +241,7 @@ def _merge_settled(into: JourneyState, other: JourneyState) -> None:
     if other.email_opt_out:
         into.email_opt_out = True
         into.email_opt_out_at = other.email_opt_out_at
+    into.segment_value = into.segment_value or other.segment_value
     into.timezone = into.timezone or other.timezone
     into.first_name = into.first_name or other.first_name
     for src_list, dst_list in (
@@ -272,6 +291,8 @@ def _enter(state: JourneyState, stage: str, at: int, cause: str, model: StageMod
     out: list[Effect] = [transition]
     if model.playbook.followups:
         out.extend(abandonment.stage_followups(state, transition, model.playbook))
+    if model.visits is not None:
+        out.extend(visits.enter(state, prev, stage, at, cause, model))
     return out
 
 
@@ -279,7 +300,17 @@ def _pass_time(state: JourneyState, model: StageModel, before: int) -> list[Effe
     out: list[Effect] = []
     if state.waits:
         out.extend(abandonment.fire_due(state, before, model.playbook))
+    if model.visits is None:
+        out.extend(_maybe_lapse(state, model, before))
+        return out
+    # In event-time order: a visit window ending at or before a lapse drops the
+    # visit first; a lapse before it ends the visit itself (and opens one in the
+    # lapse stage, whose window may end before ``before`` too).
+    lapse_at = _lapse_at(state, model)
+    first = before if lapse_at is None else min(before, lapse_at + 1)
+    out.extend(visits.expire(state, model.visits, first))
     out.extend(_maybe_lapse(state, model, before))
+    out.extend(visits.expire(state, model.visits, before))
     return out
 
 
@@ -342,6 +373,8 @@ def _step(state: JourneyState, tp: Touchpoint, model: StageModel, at: int) -> li
     """Fold one settled event into the state, in order."""
     target = _target_stage(state, tp, model)
     _record(state, tp)
+    if model.visits is not None:
+        visits.note_segment(state, tp, model.visits)
     out: list[Effect] = []
     if model.playbook.abandonment:
         out.extend(abandonment.observe(state, tp, model.playbook, model.purchase_types))
@@ -349,6 +382,8 @@ def _step(state: JourneyState, tp: Touchpoint, model: StageModel, at: int) -> li
         target = model.initial
     if target is not None and _allowed(state, target, model):
         out.extend(_enter(state, target, at, tp.event_id, model))
+    if model.visits is not None:
+        out.extend(visits.touch(state, tp, at, model.visits))
     return out
 
 

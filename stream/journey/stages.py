@@ -15,6 +15,7 @@ from typing import Any
 
 from stream.contract import Touchpoint
 from stream.defaults import ConfigError, stage_model_file
+from stream.journey.visits import VISIT_TOUCHPOINTS, VisitRules
 from stream.triggers.playbook import Playbook, parse_playbook
 
 DAY_MS = 86_400_000
@@ -61,11 +62,18 @@ class StageModel:
     lapse_from: frozenset[str] = frozenset()
     #: Abandonment waits and stage follow-ups (from ``config/journey.toml``).
     playbook: Playbook = field(default_factory=Playbook)
+    #: Stage visits for the journey map (from ``[analytics]``); None: none are kept.
+    visits: VisitRules | None = None
 
     @property
     def all_stages(self) -> tuple[str, ...]:
         """Funnel stages followed by the lapse stage (which is outside the funnel)."""
         return self.stages + ((self.lapse_stage,) if self.lapse_stage else ())
+
+    @property
+    def terminal_stage(self) -> str:
+        """The last funnel stage: a visit there can only end dropped."""
+        return self.stages[-1]
 
     def rank(self, stage: str) -> int:
         """Position in the funnel; the lapse stage ranks below everything."""
@@ -189,3 +197,20 @@ def with_playbook(
         recovery_within_s=recovery_within_s,
     )
     return replace(model, playbook=playbook)
+
+
+def with_visits(
+    model: StageModel,
+    window_s: float,
+    touchpoint_property: str = "",
+    segment: str = "",
+    max_touchpoints: int = VISIT_TOUCHPOINTS,
+) -> StageModel:
+    """``model`` keeping stage visits (see :mod:`stream.journey.visits`)."""
+    rules = VisitRules(
+        window_ms=int(window_s * 1000),
+        touchpoint_property=touchpoint_property,
+        segment=segment,
+        max_touchpoints=max_touchpoints,
+    )
+    return replace(model, visits=rules)

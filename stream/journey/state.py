@@ -16,6 +16,7 @@ from typing import Any
 import orjson
 
 from stream.contract import Touchpoint, from_trusted
+from stream.journey.visits import OpenVisit
 
 #: How many settled event ids a journey remembers for de-duplication.
 SEEN_IDS = 256
@@ -159,6 +160,10 @@ class JourneyState:
     journal: list[Touchpoint] = field(default_factory=list)
     journal_truncated: bool = False
     pending: list[Touchpoint] = field(default_factory=list)
+    #: The stage visit in progress (None: visits not kept, or the last one ended).
+    visit: OpenVisit | None = None
+    #: The latest value of the analytics segment dimension seen on the journey.
+    segment_value: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -252,6 +257,8 @@ class JourneyState:
             "pending": [tp.to_dict() for tp in self.pending],
             "journal": [tp.to_dict() for tp in self.journal],
             "journal_truncated": self.journal_truncated,
+            "visit": None if self.visit is None else self.visit.to_dict(),
+            "segment_value": self.segment_value,
         }
 
     @classmethod
@@ -259,6 +266,7 @@ class JourneyState:
         cart = d.get("cart")
         checkout = d.get("checkout")
         session = d.get("session")
+        visit = d.get("visit")
         return cls(
             key=d["key"],
             customer_id=d.get("customer_id"),
@@ -304,6 +312,9 @@ class JourneyState:
             pending=[from_trusted(p) for p in d.get("pending", ())],
             journal=[from_trusted(p) for p in d.get("journal", ())],
             journal_truncated=d.get("journal_truncated", False),
+            # States stored before visits were kept have neither: they load as none.
+            visit=None if visit is None else OpenVisit.from_dict(visit),
+            segment_value=d.get("segment_value"),
         )
 
     def dumps(self) -> bytes:
