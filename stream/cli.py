@@ -105,8 +105,8 @@ def tune_gc() -> None:
 def cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
     from faust.worker import Worker
 
-    from stream.app import build_worker_app
     from stream.topics import ensure_topics
+    from stream.worker import build_worker_app
 
     settings = resolve_broker(settings)
     if args.data_dir is not None:

@@ -195,6 +195,13 @@ class WorkerSettings:
     #: journey map; ``admin``: also one customer's journey, export and erasure).
     #: Health, readiness and metrics need none. Empty: only those are served.
     api_tokens: Mapping[str, str] = field(default_factory=dict)
+    #: Liveness (``/live``, ``/ready``): an input partition with records waiting
+    #: whose position has not moved for this long means the worker is stuck.
+    stall_s: float = 120.0
+    #: Also stuck: every input read to its end while a journey partition's
+    #: watermark lags the clock by more than this (it should follow the clock
+    #: once inputs are idle: allowed lateness plus a margin).
+    max_watermark_lag_s: float = 900.0
     #: Faust's check that a table's persisted offset is not past the changelog's end.
     #: Keep it on with Kafka; the embedded Tansu broker under-reports end offsets
     #: after batched writes, so the embedded stack turns it off.

@@ -20,6 +20,7 @@ import redis.asyncio as aioredis
 import redis.exceptions
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
+from stream import faust_ext
 from stream.app import broker_ssl_context, faust_app
 from stream.defaults import template_files
 from stream.dispatch.dispatcher import Dispatcher
@@ -108,6 +109,8 @@ def source_headers(event: faust.EventT) -> dict[str, bytes]:
 
 def build_dispatcher_app(settings: Settings) -> faust.App:
     """The dispatcher's Faust app with its agents, timer and pages registered."""
+    # The consumer and producer workarounds (the dispatcher keeps no tables).
+    faust_ext.patch_all(faust_ext.DISPATCHER)
     settings = dispatcher_settings(settings)
     d = settings.dispatch
     t = settings.topics

@@ -26,14 +26,16 @@ import logging
 import time
 import weakref
 from collections import defaultdict, deque
-from typing import Any
+from collections.abc import Iterable
+from typing import Any, Protocol
 
 import faust
 from faust.streams import _current_event
 from faust.types import TP
 
 from stream import contract, dlq
-from stream.app import (
+from stream.contract import Rejected, Touchpoint
+from stream.faust_ext.fastpath import (
     Handoff,
     changelog_persisted,
     key_partitions,
@@ -41,7 +43,6 @@ from stream.app import (
     send_direct,
     write_raw,
 )
-from stream.contract import Rejected, Touchpoint
 from stream.ingest.dedupe import RecentIds
 from stream.ingest.identity import resolve
 from stream.journey.clock import NEVER
@@ -68,13 +69,32 @@ def received_ms(message: Any) -> int | None:
     return round(ts * 1000) if ts else None
 
 
-def register_ingest(app: faust.App, settings: Settings, topics: Any, shell: Any) -> None:
-    """Register the ingest agent and the identity table on ``app``.
+class JourneySide(Protocol):
+    """What ingest needs of the journey agent of its worker (``JourneyShell``)."""
 
-    ``shell`` (the journey shell) keeps the offsets handled per topic-partition
-    and each source partition's event-time progress, which it sends on as marks
-    once the events they cover were forwarded.
-    Its ``handoff`` spares the journey agent decoding what this agent just encoded.
+    @property
+    def processed(self) -> dict[Any, int]:
+        """Offsets handled per input topic-partition in this assignment (shared)."""
+
+    @property
+    def handoff(self) -> Handoff:
+        """Spares the journey agent decoding what ingest just encoded."""
+
+    def resolved_partition(self, key: str) -> int: ...
+
+    def observe_source(self, partition: int, newest: int, now: int) -> None: ...
+
+    def observe_relay(self, links_partition: int, mark: contract.Mark, now: int) -> None: ...
+
+    async def relay_marks(self, links_partitions: Iterable[int]) -> None: ...
+
+
+def register_ingest(app: faust.App, settings: Settings, topics: Any, shell: JourneySide) -> None:
+    """Register the ingest and links agents and the identity table on ``app``.
+
+    ``shell`` keeps the offsets handled per topic-partition and each source
+    partition's event-time progress, which it sends on as marks once the
+    events they cover were forwarded.
     """
     processed: dict[Any, int] = shell.processed
     handoff: Handoff | None = shell.handoff
@@ -148,8 +168,9 @@ def register_ingest(app: faust.App, settings: Settings, topics: Any, shell: Any)
         links_out: dict[int, list[Touchpoint]] = defaultdict(list)
         now_ms = int(time.time() * 1000)
         newest: dict[int, int] = {}
-        #: The last identity record written per partition (see ``changelog_persisted``).
-        records: dict[int, Any] = {}
+        #: The last identity record written per partition, and how many were
+        #: (see ``changelog_persisted``).
+        records: dict[int, tuple[Any, int]] = {}
         #: Source marks read on ``journey.links``: (links partition, mark).
         relayed: list[tuple[int, contract.Mark]] = []
 
@@ -193,9 +214,9 @@ def register_ingest(app: faust.App, settings: Settings, topics: Any, shell: Any)
             res = resolve(item, lookup, unsent)
             if res.record is not None:
                 alias, customer = res.record
-                records[source] = await write_raw(
-                    app, identities, alias.encode(), customer.encode(), source
-                )
+                fut = await write_raw(app, identities, alias.encode(), customer.encode(), source)
+                if fut is not None:  # None: this worker lost the partition
+                    records[source] = (fut, records[source][1] + 1 if source in records else 1)
                 m.IDENTITY_LINKS.inc()
             for orphan, merge in res.merges:
                 by_key[orphan].append(merge)
@@ -244,8 +265,8 @@ def register_ingest(app: faust.App, settings: Settings, topics: Any, shell: Any)
                     key=chunk[0].routing_key.encode(),
                     partition=partition,
                 )
-        for fut in records.values():
-            changelog_persisted(identities, fut)
+        for fut, count in records.values():
+            changelog_persisted(identities, fut, count)
         for (channel, type_), n in ingested.items():
             m.INGESTED.labels(channel=channel, type=type_).inc(n)
         by_partition: dict[int, list[tuple[str, list[Touchpoint]]]] = defaultdict(list)

@@ -444,12 +444,14 @@ class ExportReader:
         buf = self._buf
         nl = buf.find(b"\n")
         end = nl + 1 if nl >= 0 else len(buf)
-        skip.feed(bytes(buf[:end]))
+        # Size and hash are of the line without its newline, as a rejected row's are.
+        skip.feed(bytes(buf[: nl if nl >= 0 else end]))
+        skip.consumed += end
         del buf[:end]
         if nl < 0 and not (final and self.eof):
             return None
         self._skip = None
-        self.offset = skip.start + skip.size
+        self.offset = skip.start + skip.consumed
         self.line += 1
         raw = bytes(skip.prefix).decode("utf-8", "replace").rstrip("\r\n")
         error = InvalidTouchpoint(
@@ -612,6 +614,8 @@ class _LongLine:
     start: int
     line: int
     size: int = 0
+    #: Bytes taken off the buffer (the line and its newline).
+    consumed: int = 0
     prefix: bytearray = field(default_factory=bytearray)
     digest: Any = field(default_factory=hashlib.sha256)
 

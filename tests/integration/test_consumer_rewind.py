@@ -5,7 +5,7 @@ stops its flow, and relies on seeking every partition to its committed offset
 afterwards. aiokafka seeks only offsets above 0, so a partition without a
 commit stayed past the dropped records (a worker taking over from a killed one
 was seen stopped at the end of such a partition, nothing processed). These
-tests run the worker's seek (``stream.app.rewind_to_committed``) on a real
+tests run the worker's seek (``stream.faust_ext.seek_uncommitted.rewind_to_committed``) on a real
 consumer of the embedded broker, after it has read everything.
 """
 
@@ -18,8 +18,8 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.structs import OffsetAndMetadata
 from kafka import KafkaProducer
 
-from stream.app import rewind_to_committed
 from stream.embedded import create_topics
+from stream.faust_ext.seek_uncommitted import rewind_to_committed
 
 
 async def read_to_the_end(broker: Any, group: str, tps: list[TopicPartition]) -> AIOKafkaConsumer:

@@ -23,7 +23,6 @@ from aiokafka import AIOKafkaConsumer
 from aiokafka import TopicPartition as AioTopicPartition
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 
-from stream.app import fetched_end_offsets
 from stream.embedded import (
     EmbeddedBroker,
     EmbeddedRedis,
@@ -32,6 +31,7 @@ from stream.embedded import (
     create_topics,
     wait_until,
 )
+from stream.faust_ext.recovery import fetched_end_offsets
 from stream.topics import read_topic
 
 
@@ -145,7 +145,7 @@ def test_end_offsets_are_unreliable_but_fetch_highwater_is_exact(
         assert consumer.highwater(tp) == 10
     finally:
         consumer.close()
-    # What the embedded stack's table recovery reads to (see recover_to_fetched_end).
+    # What the embedded stack's table recovery reads to (see stream.faust_ext.recovery).
     reported = {AioTopicPartition(topic, 0): 1}
     assert asyncio.run(fetched_end_offsets(broker.bootstrap, reported)) == {
         AioTopicPartition(topic, 0): 10

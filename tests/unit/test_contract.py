@@ -474,7 +474,7 @@ def test_pack_groups_bounds_each_value_and_keeps_every_touchpoint_in_order() -> 
 
 
 def test_pack_groups_with_returns_what_loads_groups_reads() -> None:
-    from stream.app import Handoff
+    from stream.faust_ext.fastpath import Handoff
 
     groups = [
         (

@@ -17,10 +17,11 @@ from pathlib import Path
 import faust
 import pytest
 
-from stream.app import declare_topics, faust_app
+from stream.app import faust_app
 from stream.ingest.agent import register_ingest
 from stream.journey.agent import register_journey
 from stream.settings import Settings, load_settings
+from stream.worker import declare_topics
 
 
 def worker_app(tmp_path: Path, **worker: object) -> faust.App:

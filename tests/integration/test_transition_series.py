@@ -13,9 +13,10 @@ from pathlib import Path
 
 from prometheus_client import REGISTRY
 
-from stream.app import declare_topics, faust_app
+from stream.app import faust_app
 from stream.journey.agent import register_journey
 from stream.settings import load_settings
+from stream.worker import declare_topics
 
 
 def test_stage_changes_exist_at_zero_once_the_journey_agent_is_registered(tmp_path: Path) -> None:

@@ -1,0 +1,104 @@
+"""The identity-link protocol between journeys (pure): merges, answers, waiting, giving up.
+
+An orphan journey asked to merge answers with its state (or an
+acknowledgement), again if asked again after a crash, and the customer's
+journey waits for every answer before it settles.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from stream.contract import Touchpoint
+from stream.ingest.identity import MERGE, resolve
+from stream.journey import linking
+from stream.journey.linking import LINK_ACK_TIMEOUT_MS, MERGE_IN
+from stream.journey.stages import load_model
+
+FIVE = load_model("five-stage")
+T0 = 1_700_000_000_000
+NOW = 1_800_000_000_000
+
+
+def event(event_id: str, type_: str, at: int, **ids: Any) -> Touchpoint:
+    return Touchpoint(event_id=event_id, type=type_, channel="web", timestamp=at, **ids)
+
+
+def test_a_merged_orphan_sends_itself_again_and_the_customer_takes_it_once() -> None:
+    views = [event(f"v{i}", "product_view", T0 + i, anonymous_id="dev-1") for i in range(3)]
+    step = linking.take_in(None, "anon:dev-1", views, 0, NOW, FIVE)
+    assert step.save and step.applied == 3 and step.effects == []
+    orphan_state = step.state
+
+    login = event("login", "identify", T0 + 10, anonymous_id="dev-1", customer_id="c-1")
+    ((orphan, merge),) = resolve(login, {"dev-1": "c-1"}.get).merges  # link already on record
+    assert (orphan, merge.type) == ("anon:dev-1", MERGE)
+
+    step = linking.take_in(orphan_state, orphan, [merge], 0, NOW, FIVE)
+    ((into, (first,)),) = step.forwards
+    assert into == "c-1" and first.type == MERGE_IN and step.merged
+    assert len(first.properties["state"]["pending"]) == 3
+    assert step.state is not None and step.state.merged_into == "c-1"
+
+    # The same merge again (read again after a crash): the journey goes again, as it went.
+    again = linking.take_in(step.state, orphan, [merge], 0, NOW, FIVE)
+    ((into, (second,)),) = again.forwards
+    assert into == "c-1" and second.type == MERGE_IN
+    assert second.properties == first.properties
+    assert not again.save
+
+    # The customer's journey, waiting for the link's answer, takes the orphan in once.
+    waiting = linking.take_in(None, "c-1", [login], 0, NOW, FIVE)
+    customer = waiting.state
+    assert customer is not None and customer.awaiting == {"dev-1": NOW}
+    assert linking.held(customer, NOW)
+    done = linking.take_in(customer, "c-1", [second, first], 0, NOW, FIVE)
+    customer = done.state
+    assert customer is not None and customer.awaiting == {}
+    assert sorted(tp.event_id for tp in customer.pending) == ["login", "v0", "v1", "v2"]
+    assert customer.merged_from == ["dev-1"]
+
+
+def test_a_merge_into_another_customer_is_acknowledged() -> None:
+    orphan = linking.take_in(
+        None, "anon:dev-2", [event("v", "page_view", T0, anonymous_id="dev-2")], 0, NOW, FIVE
+    ).state
+    one = event("a", "identify", T0 + 1, anonymous_id="dev-2", customer_id="c-1")
+    two = event("b", "identify", T0 + 2, anonymous_id="dev-2", customer_id="c-2")
+    ((key, to_one),) = resolve(one, {}.get).merges
+    ((_, to_two),) = resolve(two, {"dev-2": "c-1"}.get).merges
+    first = linking.take_in(orphan, key, [to_one], 0, NOW, FIVE)
+    assert [m.properties["state"] is not None for _, ms in first.forwards for m in ms] == [True]
+    second = linking.take_in(first.state, key, [to_two], 0, NOW, FIVE)
+    ((target, (ack,)),) = second.forwards
+    assert target == "c-2"
+    assert (ack.type, ack.properties["alias"], ack.properties["state"]) == (MERGE_IN, "dev-2", None)
+
+
+def test_an_ack_for_an_alias_without_a_journey_keeps_nothing() -> None:
+    login = event("l", "identify", T0, anonymous_id="dev-3", customer_id="c-3")
+    ((key, merge),) = resolve(login, {}.get).merges
+    step = linking.take_in(None, key, [merge], 0, NOW, FIVE)
+    assert step.state is None and not step.save
+    ((target, (ack,)),) = step.forwards
+    assert target == "c-3" and ack.properties["state"] is None
+
+
+def test_a_held_journey_settles_nothing_until_its_links_answer_or_time_out() -> None:
+    login = event("l", "identify", T0, anonymous_id="dev-4", customer_id="c-4")
+    step = linking.take_in(None, "c-4", [login], T0 + 3_600_000, NOW, FIVE)
+    assert step.effects == [] and step.state is not None and step.state.pending
+    held = linking.check(step.state, T0 + 3_600_000, NOW + 1, FIVE)
+    assert held.held_until == NOW + LINK_ACK_TIMEOUT_MS + 1 and not held.save
+    late = NOW + LINK_ACK_TIMEOUT_MS + 1
+    settled = linking.check(step.state, T0 + 3_600_000, late, FIVE)
+    assert settled.unanswered == ["dev-4"] and settled.save
+    assert [(t.from_stage, t.to_stage) for t in settled.effects] == [(None, "awareness")]
+
+
+def test_a_redelivered_event_is_neither_applied_nor_late() -> None:
+    view = event("v1", "product_view", T0, customer_id="c-5")
+    first = linking.take_in(None, "c-5", [view], T0 + 1, NOW, FIVE)
+    assert (first.applied, first.late) == (1, 0)
+    again = linking.take_in(first.state, "c-5", [view], T0 + 1, NOW, FIVE)
+    assert (again.applied, again.late) == (0, 0)
