@@ -19,8 +19,8 @@ import pytest
 from loadtest import simulator
 from stream import contract
 from stream.ingest.identity import LINK, link_id, orphan_key
-from stream.journey.linking import MERGE_IN
 from stream.journey.api import combine, funnel_figures
+from stream.journey.linking import MERGE_IN
 from stream.journey.model import journey_model
 from stream.journey.replay import run_oracle
 from stream.journey.state import JourneyState
