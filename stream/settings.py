@@ -202,6 +202,9 @@ class WorkerSettings:
     #: watermark lags the clock by more than this (it should follow the clock
     #: once inputs are idle: allowed lateness plus a margin).
     max_watermark_lag_s: float = 900.0
+    #: Exit the process once stuck this long (0: never), for a supervisor that
+    #: restarts exited processes (compose's ``restart:``, systemd).
+    exit_after_stall_s: float = 0.0
     #: Faust's check that a table's persisted offset is not past the changelog's end.
     #: Keep it on with Kafka; the embedded Tansu broker under-reports end offsets
     #: after batched writes, so the embedded stack turns it off.
