@@ -199,9 +199,9 @@ class WorkerSettings:
     #: whose position has not moved for this long means the worker is stuck.
     stall_s: float = 120.0
     #: Also stuck: every input read to its end while a journey partition's
-    #: watermark lags the clock by more than this (it should follow the clock
-    #: once inputs are idle: allowed lateness plus a margin).
-    max_watermark_lag_s: float = 900.0
+    #: watermark lags the clock by more than this (once inputs are idle it trails
+    #: the clock by the allowed lateness). 0: the allowed lateness plus 300 s.
+    max_watermark_lag_s: float = 0.0
     #: Exit the process once stuck this long (0: never), for a supervisor that
     #: restarts exited processes (compose's ``restart:``, systemd).
     exit_after_stall_s: float = 0.0

@@ -340,6 +340,7 @@ class SmtpCatcher:
 
     def __init__(self, maildir: Path, port: int | None = None) -> None:
         self.maildir = maildir
+        self._auto_port = port is None
         self.port = port or free_port()
         self.messages: list[EmailMessage] = []
         self.envelopes: list[dict[str, Any]] = []
@@ -369,8 +370,16 @@ class SmtpCatcher:
         if self._controller is not None:
             return self
         self.maildir.mkdir(parents=True, exist_ok=True)
-        controller = Controller(self, hostname=self.host, port=self.port, enable_SMTPUTF8=True)
-        controller.start()
+        for attempt in range(_PORT_ATTEMPTS):
+            controller = Controller(self, hostname=self.host, port=self.port, enable_SMTPUTF8=True)
+            try:
+                controller.start()
+                break
+            except OSError:
+                # An auto-chosen port taken between free_port() and the bind: another.
+                if not self._auto_port or attempt == _PORT_ATTEMPTS - 1:
+                    raise
+                self.port = free_port()
         self._controller = controller
         if not self._atexit_registered:
             atexit.register(self.stop)

@@ -87,22 +87,18 @@ def table_items(table: Any) -> Iterator[tuple[bytes, bytes]]:
 
 async def write_raw(
     app: Any, table: Any, key: bytes, value: bytes | None, partition: int
-) -> asyncio.Future[Any] | None:
+) -> asyncio.Future[Any]:
     """``table[key] = value`` (``del`` for None) for a raw table, outside Faust's send path.
 
     The same two writes as a table write: the store (which writes to the
     current event's partition: ``partition`` must be it), then the changelog
-    record on that partition. Returns its delivery future, for
-    :func:`changelog_persisted`; None when this worker no longer owns the
-    partition (the store found another owner's records): nothing is written.
+    record on that partition, the value stamped with this worker's ownership
+    epoch. Returns its delivery future, for :func:`changelog_persisted`.
     """
     store = table.data
     stamp = getattr(store, "stamp", None)
-    if stamp is not None:
-        if not store.owns(partition):
-            return None
-        if value is not None:
-            value = stamp(partition, value)
+    if stamp is not None and value is not None:
+        value = stamp(partition, value)
     if value is None:
         store.pop(key, None)
     else:

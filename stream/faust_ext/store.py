@@ -22,11 +22,11 @@ from rolling journeys back:
   ignored wherever it is read back.
 - A store records its changelog offset only over records it applied itself,
   contiguously: own writes are checked to land right after the last offset it
-  applied. A write that lands past records someone else wrote means this
-  worker lost the partition: the offset is not recorded (recovery, when the
-  partition comes back, reads those records), the partition is marked fenced
-  (no more writes to it) until it is assigned and recovered again, and an
-  error names it.
+  applied. Past records another worker wrote (a worker woken from a pause
+  writes past the new owner's; the new owner past the woken one's stale
+  ones) the offset is not recorded, so recovery, when the partition is
+  assigned again, reads those records, and the epochs decide which values win.
+  A warning names the partition and the offsets.
 
 Tests: tests/integration/test_faust_ext.py (store), tests/integration/test_paused_worker.py.
 Kafka transactions would fence too, but the embedded broker cannot start a
@@ -82,10 +82,11 @@ class Store(upstream.Store):
         self.generation = 0
         #: Changelog partition -> epoch of this worker's ownership of it.
         self.epochs: dict[int, Epoch] = {}
-        #: Changelog partition -> the offset the next own write must land at.
+        #: Changelog partition -> the offset the next own write must land at
+        #: (None: not known, or other writers seen since the last recovery).
         self.expected: dict[int, int | None] = {}
-        #: Partitions this worker wrote to after losing them (see module doc).
-        self.fenced: set[int] = set()
+        #: Partitions whose changelog holds records this store did not apply.
+        self.holes: set[int] = set()
 
     # -- open -----------------------------------------------------------------
     def _open_for_partition(self, partition: int) -> Any:
@@ -120,37 +121,34 @@ class Store(upstream.Store):
             start = -1 if applied is None else applied
             self.epochs[tp.partition] = (start + 1, self.generation)
             self.expected[tp.partition] = None if applied is None else applied + 1
-            self.fenced.discard(tp.partition)
+            self.holes.discard(tp.partition)
 
     def stamp(self, partition: int, value: bytes) -> bytes:
         """``value`` stamped with this worker's epoch for ``partition``."""
         return encode(self.epochs.get(partition, (0, self.generation)), value)
 
-    def owns(self, partition: int) -> bool:
-        """False once this worker found another owner's records in ``partition``'s changelog."""
-        return partition not in self.fenced
-
     def confirm_written(self, tp: TP, last_offset: int, count: int) -> None:
         """``count`` own records were delivered, the last at ``last_offset``.
 
-        Records the offset only if they landed right after what this store
-        applied; else fences the partition (see module doc).
+        Records the offset only while every record before it was applied by
+        this store (see module doc); after a hole, not until the partition is
+        recovered again.
         """
         partition = tp.partition
-        if partition in self.fenced:
+        if partition in self.holes:
             return
         expected = self.expected.get(partition)
         first = last_offset - count + 1
         if expected is not None and first != expected:
-            self.fenced.add(partition)
-            log.error(
-                "%s: offsets %d to %d of the changelog were written by another worker; "
-                "this worker no longer owns partition %d (paused past its session "
-                "timeout?): not recording them as applied, no more writes to it",
+            self.holes.add(partition)
+            log.warning(
+                "%s: offsets %d to %d of the changelog were written by another worker "
+                "(one of the two was paused past its session timeout): not recording "
+                "this store's offset past them; recovery reads them and the newer "
+                "owner's values win",
                 tp,
                 expected,
                 first - 1,
-                partition,
             )
             return
         self.expected[partition] = last_offset + 1

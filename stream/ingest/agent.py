@@ -215,8 +215,7 @@ def register_ingest(app: faust.App, settings: Settings, topics: Any, shell: Jour
             if res.record is not None:
                 alias, customer = res.record
                 fut = await write_raw(app, identities, alias.encode(), customer.encode(), source)
-                if fut is not None:  # None: this worker lost the partition
-                    records[source] = (fut, records[source][1] + 1 if source in records else 1)
+                records[source] = (fut, records[source][1] + 1 if source in records else 1)
                 m.IDENTITY_LINKS.inc()
             for orphan, merge in res.merges:
                 by_key[orphan].append(merge)

@@ -26,6 +26,7 @@ import faust
 from faust.types import TP
 
 from stream import contract
+from stream.defaults import ConfigError
 from stream.faust_ext.fastpath import send_direct
 from stream.journey.clock import NEVER, MergedClock, PartitionClock
 from stream.journey.liveness import Liveness
@@ -71,7 +72,13 @@ class Marks:
         self.read_to_end: dict[TP, bool] = {}
         w = settings.worker
         # An idle partition's watermark trails the clock by the allowed lateness.
-        max_lag_s = max(w.max_watermark_lag_s, settings.journey.allowed_lateness_s + 60)
+        lateness_s = settings.journey.allowed_lateness_s
+        max_lag_s = w.max_watermark_lag_s or lateness_s + 300
+        if max_lag_s <= lateness_s:
+            raise ConfigError(
+                f"worker.max_watermark_lag_s ({max_lag_s:g}) must be above "
+                f"journey.allowed_lateness_s ({lateness_s:g})"
+            )
         self.liveness = Liveness(
             stall_ms=int(w.stall_s * 1000), max_watermark_lag_ms=int(max_lag_s * 1000)
         )

@@ -123,10 +123,9 @@ class JourneyStore:
                 current = staged.event
             key = staged.state.key
             partition = staged.partition
-            fut = await write_raw(self.app, self.table, key.encode(), staged.raw, partition)
-            if fut is None:
-                continue  # this worker lost the partition: nothing written
-            last[partition] = fut
+            last[partition] = await write_raw(
+                self.app, self.table, key.encode(), staged.raw, partition
+            )
             written[partition] = written.get(partition, 0) + 1
             cache[key] = staged.state
             cache.move_to_end(key)
