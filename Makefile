@@ -6,13 +6,13 @@ STAMP := $(VENV)/.installed
 ARGS ?=
 PYTEST_ARGS ?=
 
-.PHONY: help venv system-deps demo test test-unit test-integration check lint format bench clean
+.PHONY: help venv system-deps demo test test-unit test-integration check lint lint-imports-pending format bench clean
 
 help:
 	@echo "make demo   - run the engine embedded with simulated shoppers (ARGS='--duration 90')"
 	@echo "make test   - run the whole test suite (unit + integration + e2e)"
 	@echo "make check  - what CI checks beyond the tests: compose file, Prometheus config, lint"
-	@echo "make lint   - ruff and mypy on stream/"
+	@echo "make lint   - ruff, mypy on stream/ and the import contracts that hold"
 	@echo "make bench  - throughput benchmark (loadtest/results/bench.json)"
 
 $(STAMP): pyproject.toml
@@ -55,10 +55,21 @@ check: $(STAMP) system-deps lint
 	$(COMPOSE_CHECK_ENV) docker-compose -f docker-compose.yml config -q
 	promtool check config config/prometheus/prometheus.yml
 
+# The import contracts of pyproject.toml [tool.importlinter], by id. The pending ones
+# are broken while stream/cli.py and stream/demo.py import loadtest and while
+# stream.ingest and stream.triggers import stream.journey, which imports them; they
+# move up once they hold.
+IMPORT_CONTRACTS := pure-core producers-layers acyclic-within-packages
+IMPORT_CONTRACTS_PENDING := engine-without-loadtest acyclic-top-level
+
 lint: $(STAMP)
 	$(BIN)/ruff check stream loadtest tests
 	$(BIN)/ruff format --check stream loadtest
 	$(BIN)/mypy stream
+	$(BIN)/lint-imports $(addprefix --contract ,$(IMPORT_CONTRACTS))
+
+lint-imports-pending: $(STAMP)
+	$(BIN)/lint-imports $(addprefix --contract ,$(IMPORT_CONTRACTS_PENDING))
 
 format: $(STAMP)
 	$(BIN)/ruff format stream loadtest tests
@@ -68,4 +79,4 @@ bench: $(STAMP)
 	$(BIN)/journey bench $(ARGS)
 
 clean:
-	rm -rf var .pytest_cache .mypy_cache .ruff_cache
+	rm -rf var .pytest_cache .mypy_cache .ruff_cache .import_linter_cache

@@ -4,7 +4,9 @@ Links in follow-ups carry a signed token (:mod:`stream.dispatch.tokens`) naming
 the trigger and the customer. Each endpoint verifies it (a bad token is
 answered 4xx with a JSON reason) and publishes an ``email_open``,
 ``email_click`` or ``unsubscribe`` touchpoint (channel ``email``, properties
-with ``trigger_id`` and ``rule``) through the collector's publish path.
+with ``trigger_id`` and ``rule``) through the
+:class:`~stream.producers.http.TouchpointPublisher` the collector hands in
+when it mounts these routes.
 
 - ``GET /e/open/{token}.gif``: a 1x1 GIF (served even if the broker is down).
 - ``GET /e/click/{token}?u=URL``: 302 to URL, only on the shop's host.
@@ -27,6 +29,8 @@ from stream.contract import Touchpoint
 from stream.dispatch import tokens
 from stream.dispatch.links import CLICK_PATH, OPEN_PATH, UNSUBSCRIBE_PATH, same_host
 from stream.observability import metrics
+from stream.producers.http import Refusal, TouchpointPublisher
+from stream.settings import DispatchSettings
 
 log = logging.getLogger(__name__)
 
@@ -40,15 +44,13 @@ NO_STORE = {"Cache-Control": "no-store, private", "Referrer-Policy": "no-referre
 
 
 class EmailTracking:
-    """Handlers sharing the collector's settings and publish path."""
+    """Handlers sharing the dispatch settings (tracking secret, shop host) and a publisher."""
 
-    def __init__(self, collector: Any) -> None:
-        self.collector = collector
-        self.config = collector.settings.dispatch
+    def __init__(self, publisher: TouchpointPublisher, config: DispatchSettings) -> None:
+        self.publisher = publisher
+        self.config = config
 
     def _token(self, request: web.Request) -> tokens.TrackingToken:
-        from stream.producers.collector import Refusal
-
         try:
             return tokens.verify(request.match_info["token"], self.config.tracking_secret)
         except tokens.InvalidToken as exc:
@@ -68,7 +70,7 @@ class EmailTracking:
         )
 
     async def _publish(self, tp: Touchpoint) -> None:
-        await self.collector._publish([tp], [])
+        await self.publisher.publish([tp])
         metrics.COLLECTOR_EVENTS.labels(type=tp.type).inc()
 
     async def open(self, request: web.Request) -> web.Response:
@@ -80,8 +82,6 @@ class EmailTracking:
         return web.Response(body=PIXEL, content_type="image/gif", headers=NO_STORE)
 
     async def click(self, request: web.Request) -> web.Response:
-        from stream.producers.collector import Refusal
-
         token = self._token(request)
         url = request.query.get("u", "")
         if not same_host(url, self.config.shop_base_url):
@@ -120,8 +120,11 @@ class EmailTracking:
         return web.json_response({"success": True, "unsubscribed": True}, headers=NO_STORE)
 
 
-def add_routes(app: web.Application, collector: Any) -> None:
-    tracking = EmailTracking(collector)
+def add_routes(
+    app: web.Application, publisher: TouchpointPublisher, config: DispatchSettings
+) -> None:
+    """Route the open, click and unsubscribe endpoints, publishing through ``publisher``."""
+    tracking = EmailTracking(publisher, config)
     app.router.add_get(OPEN_PATH, tracking.open)
     app.router.add_get(CLICK_PATH, tracking.click)
     app.router.add_get(UNSUBSCRIBE_PATH, tracking.unsubscribe_page)
