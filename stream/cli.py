@@ -205,7 +205,7 @@ def passed_through(rest: Sequence[str]) -> list[str]:
 
 
 def cmd_simulate(args: argparse.Namespace, settings: Settings) -> int:
-    from loadtest import simulator
+    from stream import simulator
 
     argv = passed_through(args.rest)
     if "--produce" in argv and "--broker-url" not in argv:
@@ -240,12 +240,6 @@ def cmd_stack(args: argparse.Namespace, settings: Settings) -> int:
         finally:
             path.unlink(missing_ok=True)
     return 0
-
-
-def cmd_bench(args: argparse.Namespace, settings: Settings) -> int:
-    from loadtest import bench
-
-    return bench.main(passed_through(args.rest))
 
 
 def cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
@@ -417,7 +411,7 @@ def build_parser() -> argparse.ArgumentParser:
         "Generate simulated customer journeys as JSON Lines or into Kafka "
         "(`journey simulate --help` lists the options).",
     )
-    p.add_argument("rest", nargs=argparse.REMAINDER, help="arguments for loadtest.simulator")
+    p.add_argument("rest", nargs=argparse.REMAINDER, help="arguments for stream.simulator")
 
     p = add(
         "demo",
@@ -433,14 +427,6 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="where data and logs go (default: a new folder under var/demo)",
     )
-
-    p = add(
-        "bench",
-        cmd_bench,
-        "Throughput benchmark: raw consumer, naive Faust agent and the "
-        "journey pipeline on the same pre-filled topic (`journey bench --help` lists the options).",
-    )
-    p.add_argument("rest", nargs=argparse.REMAINDER, help="arguments for loadtest.bench")
 
     add("topics", cmd_topics, "Create every topic the engine uses (idempotent).")
     p = add(
@@ -460,7 +446,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 #: Subcommands whose arguments belong to another parser (``journey simulate --customers 5``).
-PASS_THROUGH = {"simulate", "bench"}
+PASS_THROUGH = {"simulate"}
 
 
 #: Options before the command that take a value (``journey --config FILE simulate``).

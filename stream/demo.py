@@ -137,7 +137,7 @@ class Shoppers(threading.Thread):
         self.url = f"http://127.0.0.1:{settings.collector.port}/v1/batch"
 
     def run(self) -> None:
-        from loadtest.simulator import to_pos_row, to_segment
+        from stream.simulator import to_pos_row, to_segment
 
         pending_web: list[dict] = []
         n_calls = 0
@@ -183,7 +183,7 @@ def demo_events(rate: float, duration_s: float, seed: int) -> list[dict]:
     Time is compressed by ``SPEED`` and event times are the wall-clock times at
     which the shoppers will send them, so the stream sees live traffic.
     """
-    from loadtest.simulator import generate
+    from stream.simulator import generate
 
     start = int(time.time() * 1000) + 2000
     end = start + int(duration_s * 1000)

@@ -41,7 +41,14 @@ from stream.contract.limits import (
     check_size,
     check_value,
 )
-from stream.contract.marks import LINKS_MARK, SOURCE_MARK, Mark, dumps_mark, loads_mark
+from stream.contract.marks import (
+    LINKS_MARK,
+    NEVER,
+    SOURCE_MARK,
+    Mark,
+    dumps_mark,
+    loads_mark,
+)
 from stream.contract.messages import Rejected, dead_letter, decode_message, encode_rejected
 from stream.contract.packing import (
     MAX_PACKED_BYTES,
@@ -93,6 +100,7 @@ __all__ = [
     "MAX_REASON_CHARS",
     "MAX_TIMESTAMP_MS",
     "MIN_TIMESTAMP_MS",
+    "NEVER",
     "SCHEMA_VERSION",
     "SOURCE_MARK",
     "EventTimeWindow",

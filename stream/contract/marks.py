@@ -10,6 +10,9 @@ from typing import NamedTuple
 
 import orjson
 
+#: "No event time yet": below every real mark and watermark.
+NEVER = -(2**62)
+
 #: Kinds of event-time marks (see ``stream.journey.clock.MergedClock``).
 SOURCE_MARK = "source"
 LINKS_MARK = "links"

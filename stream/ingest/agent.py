@@ -34,7 +34,7 @@ from faust.streams import _current_event
 from faust.types import TP
 
 from stream import contract, dlq
-from stream.contract import Rejected, Touchpoint
+from stream.contract import NEVER, Rejected, Touchpoint
 from stream.faust_ext.fastpath import (
     Handoff,
     changelog_persisted,
@@ -45,7 +45,6 @@ from stream.faust_ext.fastpath import (
 )
 from stream.ingest.dedupe import RecentIds
 from stream.ingest.identity import resolve
-from stream.journey.clock import NEVER
 from stream.observability import metrics as m
 from stream.settings import Settings
 

@@ -10,7 +10,9 @@ import heapq
 from collections.abc import Hashable
 from dataclasses import dataclass, field
 
-NEVER = -(2**62)
+from stream.contract.marks import NEVER
+
+__all__ = ["NEVER", "DueIndex", "MergedClock", "PartitionClock"]
 
 
 @dataclass

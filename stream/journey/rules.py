@@ -26,7 +26,8 @@ import bisect
 from collections.abc import Iterable
 
 from stream.contract import Touchpoint
-from stream.journey import visits
+from stream.journey import abandonment, visits
+from stream.journey.abandonment import Recovery
 from stream.journey.stages import StageModel
 from stream.journey.state import (
     JOURNAL_EVENTS,
@@ -40,8 +41,6 @@ from stream.journey.state import (
     Transition,
 )
 from stream.journey.visits import VisitClosed, VisitEffect, VisitOpened, VisitTouched
-from stream.triggers import abandonment
-from stream.triggers.abandonment import Recovery
 from stream.triggers.trigger import Trigger
 
 LAPSE_CAUSE = "lapse"

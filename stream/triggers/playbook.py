@@ -2,7 +2,7 @@
 
 Pure data loaded from the ``[[journey.abandonment]]`` and ``[[journey.followups]]``
 tables of ``config/journey.toml``. The rules that use it live in
-:mod:`stream.triggers.abandonment`.
+:mod:`stream.journey.abandonment`.
 """
 
 from __future__ import annotations

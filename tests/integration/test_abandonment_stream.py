@@ -14,7 +14,7 @@ from typing import Any
 
 import orjson
 
-from loadtest import simulator
+from stream import simulator
 from stream.settings import Settings
 from stream.topics import ensure_topics
 from tests.helpers import read_topic, wait_for

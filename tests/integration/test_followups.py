@@ -94,7 +94,7 @@ def test_abandoned_cart_gets_one_email_and_an_in_store_purchase_none(
             },
         )
     )
-    from loadtest import simulator
+    from stream import simulator
 
     simulator.produce(s, sorted(events, key=lambda e: e["timestamp"]), pack_sessions=False)
     worker = Worker(s, tmp_path / "worker.log")
@@ -139,7 +139,7 @@ def test_worker_killed_mid_stream_sends_every_expected_email_exactly_once(
     expected = {t.trigger_id: t for t in oracle.triggers}
     assert sum(1 for t in expected.values() if t.email) >= 50
 
-    from loadtest import simulator
+    from stream import simulator
 
     half = len(events) // 2
     simulator.produce(s, [e.to_dict() for e in events[:half]])

@@ -16,8 +16,7 @@ from typing import Any
 import orjson
 import pytest
 
-from loadtest import simulator
-from stream import contract
+from stream import contract, simulator
 from stream.ingest.identity import LINK, link_id, orphan_key
 from stream.journey.api import combine, funnel_figures
 from stream.journey.linking import MERGE_IN

@@ -25,7 +25,7 @@ from typing import Any
 import orjson
 import pytest
 
-from loadtest import simulator
+from stream import simulator
 from stream.embedded import SmtpCatcher, free_port
 from stream.journey.model import journey_model
 from stream.producers.publisher import Publisher

@@ -13,11 +13,11 @@ from hypothesis import strategies as st
 
 from stream.contract import Touchpoint
 from stream.journey import rules
+from stream.journey.abandonment import Recovery
 from stream.journey.model import journey_model
 from stream.journey.stages import with_playbook
 from stream.journey.state import JourneyState
 from stream.settings import DEFAULT_ABANDONMENT, DEFAULT_FOLLOWUPS, load_settings
-from stream.triggers.abandonment import Recovery
 from stream.triggers.playbook import parse_playbook
 from stream.triggers.trigger import ABANDONMENT, TRANSITION, Trigger, trigger_id
 
