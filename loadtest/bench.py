@@ -41,8 +41,9 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from loadtest import latency, simulator
+from loadtest import latency
 from loadtest.baselines import raw
+from stream import simulator
 from stream.embedded import EmbeddedBroker, free_port
 from stream.settings import Settings, load_settings, to_environ
 from stream.topics import ensure_topics

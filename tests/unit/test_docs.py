@@ -31,7 +31,7 @@ DOC_PAGES = ("architecture.md", "operations.md", "performance.md", "faust-intern
 README_MAX_LINES = 260
 
 #: Where a pass-through subcommand's own arguments go (checked if it exposes a parser).
-PASS_THROUGH_MODULES = {"simulate": "loadtest.simulator", "bench": "loadtest.bench"}
+PASS_THROUGH_MODULES = {"simulate": "stream.simulator"}
 
 HISTORY = {
     "a numbered session": re.compile(r"\bsessions?\s+\d+", re.IGNORECASE),
@@ -42,7 +42,7 @@ HISTORY = {
     "a commit hash": re.compile(r"\b(?=[0-9a-f]*[0-9])(?=[0-9a-f]*[a-f])[0-9a-f]{7,40}\b"),
 }
 
-#: ``stream.app.flush_waits_for_buffer``, ``loadtest.bench`` ...
+#: ``stream.faust_ext.fastpath.write_raw``, ``loadtest.bench`` ...
 DOTTED = re.compile(r"(?<![\w./-])((?:stream|loadtest)(?:\.[A-Za-z_]\w*)+)")
 #: ``stream/journey/clock.py``, ``tests/unit/test_rules.py::test_name`` ...
 REPO_PATH = re.compile(
