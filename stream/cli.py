@@ -3,7 +3,9 @@
 journey stack        start the embedded broker, Redis and SMTP catcher
 journey worker       the Faust worker (ingest + journey agents, HTTP views)
 journey dispatcher   send follow-ups for triggers (Redis guards, SMTP)
-journey suppress     add/remove/list entries of the dispatcher's suppression list
+journey suppress     add/remove/check/list entries of the dispatcher's suppression list
+journey forget       erase one customer (journey, identity links, dispatcher data)
+journey export       everything held on one customer, as JSON
 journey collector    the Segment-compatible HTTP collector
 journey pos          publish POS transactions from CSV / JSON Lines
 journey replay       run an event log through the pure rules (the oracle)
@@ -158,6 +160,8 @@ def cmd_suppress(args: argparse.Namespace, settings: Settings) -> int:
                 return {"added": await guards.suppress(*args.entries)}
             if args.action == "remove":
                 return {"removed": await guards.unsuppress(*args.entries)}
+            if args.action == "check":
+                return {e: await guards.is_suppressed(e) for e in args.entries}
             members = await client.smembers(guards.keys.suppressed)
             return {
                 "suppressed": sorted(m.decode() if isinstance(m, bytes) else m for m in members)
@@ -166,8 +170,26 @@ def cmd_suppress(args: argparse.Namespace, settings: Settings) -> int:
             await client.aclose()
 
     if args.action != "list" and not args.entries:
-        raise SystemExit("journey suppress add|remove needs at least one email or customer id")
+        raise SystemExit(
+            "journey suppress add|remove|check needs at least one email or customer id"
+        )
     print(json.dumps(asyncio.run(run())))
+    return 0
+
+
+def cmd_forget(args: argparse.Namespace, settings: Settings) -> int:
+    from stream.privacy import forget
+
+    settings = resolve_broker(settings)
+    print(json.dumps(forget(settings, args.customer_id)))
+    return 0
+
+
+def cmd_export(args: argparse.Namespace, settings: Settings) -> int:
+    from stream.privacy import export
+
+    settings = resolve_stack(settings)
+    print(json.dumps(export(settings, args.customer_id, args.worker), indent=2))
     return 0
 
 
@@ -335,10 +357,29 @@ def build_parser() -> argparse.ArgumentParser:
         "suppress",
         cmd_suppress,
         "Manage the dispatcher's suppression list (emails or customer ids that never get "
-        "follow-ups): journey suppress add|remove ENTRY..., journey suppress list.",
+        "follow-ups): journey suppress add|remove|check ENTRY..., journey suppress list "
+        "(entries are kept as SHA-256 digests).",
     )
-    p.add_argument("action", choices=["add", "remove", "list"])
+    p.add_argument("action", choices=["add", "remove", "check", "list"])
     p.add_argument("entries", nargs="*", help="emails or customer ids")
+
+    p = add(
+        "forget",
+        cmd_forget,
+        "Erase a customer (GDPR art. 17): their journey, every alias in the identity table, "
+        "triggers not yet sent and the dispatcher's Redis data; later events start a new "
+        "journey. Same as DELETE /customers/ID on a worker.",
+    )
+    p.add_argument("customer_id", help="the journey key (customer id)")
+
+    p = add(
+        "export",
+        cmd_export,
+        "Print everything held on a customer as JSON (GDPR art. 15): journey, aliases, "
+        "dispatcher data. Same as GET /customers/ID/export on a worker (admin token).",
+    )
+    p.add_argument("customer_id", help="the journey key (customer id)")
+    p.add_argument("--worker", help="a worker's base URL (default: this host's worker port)")
 
     p = add(
         "collector",

@@ -91,6 +91,11 @@ class TopicSettings:
     links: str = "journey.links"
     partitions: int = 4
     replication_factor: int = 1
+    #: How long the broker keeps the records of the topics above (``retention.ms``
+    #: when ``journey topics`` creates them): raw events, identity links, triggers
+    #: and outcomes hold personal data, and an erased customer's stay until it
+    #: passes. The tables' changelogs are compacted instead (see docs/operations.md).
+    retention_hours: float = 168.0
 
 
 @dataclass(frozen=True)

@@ -55,6 +55,7 @@ def ensure_topics(settings: Settings) -> dict[str, int]:
         topics,
         settings.topics.replication_factor,
         client=client_options(settings.broker),
+        config={"retention.ms": str(int(settings.topics.retention_hours * 3600 * 1000))},
     )
     return topics
 
@@ -65,16 +66,22 @@ def create_topics(
     replication: int = 1,
     timeout_s: float = 20.0,
     client: Mapping[str, Any] | None = None,
+    config: Mapping[str, str] | None = None,
 ) -> None:
     """Create ``topics`` (name -> partitions) if missing and wait until all are visible.
 
-    ``client`` holds kafka-python connection options (:func:`client_options`).
+    ``client`` holds kafka-python connection options (:func:`client_options`),
+    ``config`` topic configs for the new topics (existing ones keep theirs).
     """
     options = {"bootstrap_servers": bootstrap.split(","), **(client or {})}
     admin = KafkaAdminClient(client_id="journey-admin", **options)
     try:
         existing = set(admin.list_topics())
-        missing = [NewTopic(n, p, replication) for n, p in topics.items() if n not in existing]
+        missing = [
+            NewTopic(n, p, replication, topic_configs=dict(config or {}))
+            for n, p in topics.items()
+            if n not in existing
+        ]
         for topic in missing:
             with contextlib.suppress(TopicAlreadyExistsError):  # created concurrently
                 admin.create_topics([topic])

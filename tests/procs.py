@@ -25,10 +25,17 @@ def http_get(url: str, timeout: float = 5.0, token: str | None = None) -> tuple[
 
     ``token`` goes as ``Authorization: Bearer`` (the worker's API).
     """
+    return http_request("GET", url, timeout, token)
+
+
+def http_request(
+    method: str, url: str, timeout: float = 5.0, token: str | None = None
+) -> tuple[int, Any]:
+    """:func:`http_get` with another method."""
     headers = {"Authorization": f"Bearer {token}"} if token else {}
     try:
         with urllib.request.urlopen(
-            urllib.request.Request(url, headers=headers), timeout=timeout
+            urllib.request.Request(url, headers=headers, method=method), timeout=timeout
         ) as resp:
             body = resp.read()
             status = resp.status
@@ -115,12 +122,12 @@ class Worker(Service):
     def url(self) -> str:
         return f"http://127.0.0.1:{self.web_port}"
 
-    def api(self, path: str, timeout: float = 5.0) -> tuple[int, Any]:
-        """GET ``path`` of this worker's HTTP API with an admin token of its settings."""
+    def api(self, path: str, timeout: float = 5.0, method: str = "GET") -> tuple[int, Any]:
+        """``path`` of this worker's HTTP API with an admin token of its settings."""
         token = next(
             (t for t, role in self.settings.worker.api_tokens.items() if role == "admin"), None
         )
-        return http_get(f"{self.url}{path}", timeout=timeout, token=token)
+        return http_request(method, f"{self.url}{path}", timeout=timeout, token=token)
 
     def metric(self, name: str, **labels: str) -> float:
         """Sum of a metric's samples matching ``labels`` on this worker's /metrics."""

@@ -47,7 +47,7 @@ KNOWN_TYPES = frozenset(
 
 #: Types the engine sends to itself (identity links and merges); never accepted
 #: from producers.
-INTERNAL_TYPES = frozenset({"link", "merge", "merge_in"})
+INTERNAL_TYPES = frozenset({"link", "merge", "merge_in", "erase", "unlink"})
 INTERNAL_SOURCE = "journey"
 
 #: Event time outside this range is almost always a unit mistake (seconds vs ms).
@@ -291,7 +291,13 @@ def parse(obj: Any, limits: Limits = DEFAULT_LIMITS, *, size: int | None = None)
     )
 
 
-_INTERNAL_FIELDS = {"link": ("customer_id",), "merge": ("into", "alias"), "merge_in": ("alias",)}
+_INTERNAL_FIELDS: dict[str, tuple[str, ...]] = {
+    "link": ("customer_id",),
+    "merge": ("into", "alias"),
+    "merge_in": ("alias",),
+    "erase": (),
+    "unlink": ("customer_id",),
+}
 
 
 def _check_internal(type_: str, source: Any, props: Mapping[str, Any]) -> None:

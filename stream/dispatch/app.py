@@ -24,6 +24,7 @@ from stream import faust_ext
 from stream.app import broker_ssl_context, faust_app
 from stream.defaults import template_files
 from stream.dispatch.dispatcher import Dispatcher
+from stream.dispatch.erase import Eraser
 from stream.dispatch.guards import Guards, InstanceLease, Keys, LeaseLost
 from stream.dispatch.outcomes import OutcomeRecord
 from stream.dispatch.render import Renderer
@@ -128,7 +129,9 @@ def build_dispatcher_app(settings: Settings) -> faust.App:
     client = aioredis.Redis.from_url(settings.redis.url, socket_timeout=5, socket_connect_timeout=5)
     keys = Keys(d.key_prefix)
     end_offsets = EndOffsets(settings)
-    recorder = SignalRecorder(client, keys, t.resolved)
+    recorder = SignalRecorder(
+        client, keys, t.resolved, Eraser(client, keys, int(d.sent_retention_s * 1000))
+    )
     lease = InstanceLease(
         client, keys, d.instance_id or socket.gethostname(), int(d.instance_lease_s * 1000)
     )

@@ -5,9 +5,12 @@ Key layout (every key starts with ``[dispatch] key_prefix``):
 - ``claim:<trigger_id>``      ``inflight:<owner>`` (TTL ``claim_ttl_s``), ``scheduled``
                               (until released), or ``done:<outcome>`` (``sent_retention_s``)
 - ``cap:<channel>:<customer>`` sorted set of trigger ids scored by send time
-- ``suppressed``              set of emails (lower case) and customer ids; see
+- ``suppressed``              set of SHA-256 digests of emails (lower case) and
+                              customer ids (:func:`suppression_entry`); see
                               ``journey suppress``
 - ``signals:<journey_key>``   hash: ``unsubscribed_at``, ``purchased_at`` (event time, ms)
+- ``erased:<digest>``         when the journey of that key digest was erased (wall ms,
+                              ``sent_retention_s``); see ``stream.dispatch.erase``
 
 - ``instance:<instance_id>``  the incarnation (process) holding that dispatcher
                               instance's lease (TTL ``instance_lease_s``, renewed)
@@ -28,6 +31,7 @@ dispatcher takes it over at once instead of waiting out ``claim_ttl_s``.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import time
 import uuid
 from dataclasses import dataclass
@@ -123,6 +127,9 @@ class Keys:
     def signals(self, journey_key: str) -> str:
         return f"{self.prefix}signals:{journey_key}"
 
+    def erased(self, journey_key: str) -> str:
+        return f"{self.prefix}erased:{digest(journey_key)}"
+
     def signal_offset(self, topic: str, partition: int) -> str:
         return f"{self.prefix}offset:{topic}:{partition}"
 
@@ -138,10 +145,21 @@ class Keys:
         return f"{self.prefix}schedule:payload"
 
 
-def suppression_entry(value: str) -> str:
-    """How an email or customer id is stored in the suppression set."""
+def digest(value: str) -> str:
+    """A one-way digest: what Redis keeps where it must remember someone it may not name."""
+    return hashlib.sha256(value.encode()).hexdigest()
+
+
+def normalized(value: str) -> str:
+    """An email (lower case) or customer id as the suppression list compares it."""
     value = value.strip()
     return value.lower() if "@" in value else value
+
+
+def suppression_entry(value: str) -> str:
+    """How an email or customer id is stored in the suppression set: a digest, so the
+    list remembers not to mail an erased customer without keeping who they are."""
+    return "sha256:" + digest(normalized(value))
 
 
 def customer_of(trigger: Trigger) -> str:
@@ -253,17 +271,22 @@ class Guards:
         """Opt-out, suppression and last purchase for the trigger's customer."""
         candidates = {trigger.journey_key, customer_of(trigger)}
         if trigger.email:
-            candidates.add(suppression_entry(trigger.email))
+            candidates.add(trigger.email)
+        # Digests, and plain entries a list written before digests may still hold.
+        entries = sorted(
+            {suppression_entry(c) for c in candidates} | set(map(normalized, candidates))
+        )
         async with self.client.pipeline(transaction=False) as pipe:
             pipe.hmget(self.keys.signals(trigger.journey_key), ["unsubscribed_at", "purchased_at"])
-            for c in sorted(candidates):
-                pipe.sismember(self.keys.suppressed, c)
-            results = await pipe.execute()
-        unsubscribed_at, purchased_at = results[0]
+            pipe.get(self.keys.erased(trigger.journey_key))
+            pipe.smismember(self.keys.suppressed, entries)
+            unsubscribed, erased_at, suppressed = await pipe.execute()
+        unsubscribed_at, purchased_at = unsubscribed
         return CustomerSignals(
             unsubscribed=unsubscribed_at is not None,
-            suppressed=any(bool(r) for r in results[1:]),
+            suppressed=any(bool(r) for r in suppressed),
             purchased_at=None if purchased_at is None else int(purchased_at),
+            erased_at=None if erased_at is None else int(erased_at),
         )
 
     async def take_cap_slot(
@@ -279,10 +302,23 @@ class Guards:
         await self.client.zrem(self.keys.cap(channel, customer), trigger_id)
 
     async def suppress(self, *entries: str) -> int:
-        return int(await self.client.sadd(self.keys.suppressed, *map(suppression_entry, entries)))
+        """Add ``entries`` (as digests; a plain copy of one goes). Returns how many were new."""
+        async with self.client.pipeline(transaction=True) as pipe:
+            pipe.sadd(self.keys.suppressed, *map(suppression_entry, entries))
+            pipe.srem(self.keys.suppressed, *map(normalized, entries))
+            added, _ = await pipe.execute()
+        return int(added)
 
     async def unsuppress(self, *entries: str) -> int:
-        return int(await self.client.srem(self.keys.suppressed, *map(suppression_entry, entries)))
+        """Remove ``entries`` (digest or plain). Returns how many were there."""
+        members = {suppression_entry(e) for e in entries} | set(map(normalized, entries))
+        return int(await self.client.srem(self.keys.suppressed, *members))
+
+    async def is_suppressed(self, entry: str) -> bool:
+        found = await self.client.smismember(
+            self.keys.suppressed, [suppression_entry(entry), normalized(entry)]
+        )
+        return any(bool(r) for r in found)
 
 
 def _text(value: bytes | str) -> str:

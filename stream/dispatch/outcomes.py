@@ -15,6 +15,7 @@ DELAYED_QUIET_HOURS = "delayed_quiet_hours"
 CANCELLED_PURCHASED = "cancelled_purchased"
 UNREACHABLE = "unreachable"
 FAILED = "failed"
+ERASED = "erased"
 
 ALL = (
     SENT,
@@ -25,6 +26,7 @@ ALL = (
     CANCELLED_PURCHASED,
     UNREACHABLE,
     FAILED,
+    ERASED,
 )
 #: Outcomes after which the trigger is settled (a re-delivery is a duplicate).
 FINAL = frozenset(ALL) - {DELAYED_QUIET_HOURS, FAILED, DEDUPLICATED}

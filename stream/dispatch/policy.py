@@ -4,14 +4,16 @@ The dispatcher runs its checks in this order, each for a reason:
 
 1. idempotency claim (Redis, in ``guards``): first, so a re-delivered trigger
    is answered ``deduplicated`` and never reaches a second decision or send;
-2. consent (:func:`screen`): an unsubscribe or a suppression entry blocks for
+2. erasure (:func:`screen`): a trigger of a journey erased after its event
+   (``journey forget``) is never sent;
+3. consent (:func:`screen`): an unsubscribe or a suppression entry blocks for
    good; it is never delayed, whatever the hour;
-3. purchase (:func:`screen`): an abandonment whose customer bought after the
+4. purchase (:func:`screen`): an abandonment whose customer bought after the
    wait started is cancelled, never delayed (the email would arrive after the order);
-4. reachability (:func:`screen`): no address, nothing to send or to delay;
-5. quiet hours (:func:`screen`): only a sendable trigger waits for the window
+5. reachability (:func:`screen`): no address, nothing to send or to delay;
+6. quiet hours (:func:`screen`): only a sendable trigger waits for the window
    to open, and it is screened again (consent, purchase) when released;
-6. frequency cap (Redis, atomic, in ``guards``): last before the send, so a
+7. frequency cap (Redis, atomic, in ``guards``): last before the send, so a
    slot is only taken by an email that actually goes now; a delayed trigger
    does not hold a slot overnight, and a failed send gives its slot back.
 """
@@ -33,6 +35,8 @@ class CustomerSignals:
     suppressed: bool = False
     #: Event time (epoch ms) of the latest purchase seen on ``touchpoints.resolved``.
     purchased_at: int | None = None
+    #: When the customer's journey was erased (epoch ms), if it was.
+    erased_at: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,6 +56,8 @@ def screen(
     default_timezone: str,
 ) -> Screen | None:
     """None when the trigger may be sent now (subject to the frequency cap)."""
+    if signals.erased_at is not None and trigger.event_at <= signals.erased_at:
+        return Screen(outcomes.ERASED, "the customer's journey was erased after this event")
     if signals.unsubscribed:
         return Screen(outcomes.SUPPRESSED_CONSENT, "customer unsubscribed")
     if signals.suppressed:

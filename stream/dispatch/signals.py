@@ -20,10 +20,13 @@ from aiokafka.partitioner import DefaultPartitioner
 
 from stream import contract
 from stream.contract import Touchpoint
+from stream.dispatch.erase import Eraser
 from stream.dispatch.guards import Keys
 
 PURCHASE_TYPES = frozenset({"purchase", "pos_purchase"})
 UNSUBSCRIBE_TYPES = frozenset({"unsubscribe"})
+#: ``stream.journey.linking.ERASE`` (the dispatcher does not import the journey rules).
+ERASE_TYPE = "erase"
 
 _RECORD = """
 for i = 2, #KEYS do
@@ -49,21 +52,26 @@ class JourneySignal:
 
     unsubscribed_at: int | None = None
     purchased_at: int | None = None
+    #: An erase request's time: the journey's data goes (``stream.dispatch.erase``).
+    erased_at: int | None = None
 
 
 def signals_of(groups: Iterable[tuple[str, list[Touchpoint]]]) -> dict[str, JourneySignal]:
-    """Latest unsubscribe and purchase per journey key in a packed message (pure)."""
+    """Latest unsubscribe, purchase and erase request per journey key in a packed
+    message (pure)."""
     out: dict[str, JourneySignal] = {}
     for key, tps in groups:
-        unsub = out.get(key, JourneySignal()).unsubscribed_at
-        bought = out.get(key, JourneySignal()).purchased_at
+        seen = out.get(key, JourneySignal())
+        unsub, bought, erased = seen.unsubscribed_at, seen.purchased_at, seen.erased_at
         for tp in tps:
             if tp.type in UNSUBSCRIBE_TYPES:
                 unsub = max(unsub or tp.timestamp, tp.timestamp)
             elif tp.type in PURCHASE_TYPES:
                 bought = max(bought or tp.timestamp, tp.timestamp)
-        if unsub is not None or bought is not None:
-            out[key] = JourneySignal(unsub, bought)
+            elif tp.type == ERASE_TYPE and tp.source == contract.INTERNAL_SOURCE:
+                erased = max(erased or tp.timestamp, tp.timestamp)
+        if unsub is not None or bought is not None or erased is not None:
+            out[key] = JourneySignal(unsub, bought, erased)
     return out
 
 
@@ -79,18 +87,29 @@ def partition_for(journey_key: str, partitions: int) -> int:
 class SignalRecorder:
     """Applies resolved-topic messages to Redis, with the partition's read offset."""
 
-    def __init__(self, client: aioredis.Redis, keys: Keys, topic: str) -> None:
+    def __init__(
+        self, client: aioredis.Redis, keys: Keys, topic: str, eraser: Eraser | None = None
+    ) -> None:
         self.keys = keys
         self.topic = topic
+        self.eraser = eraser
         self._record = client.register_script(_RECORD)
 
     async def record(self, partition: int, offset: int, raw: bytes | None) -> None:
         # Source marks (event-time progress) share the topic: no signals in them.
         packed = raw and contract.loads_mark(raw) is None
         signals = signals_of(contract.loads_groups(raw)) if packed and raw else {}
+        erased = {k: s.erased_at for k, s in signals.items() if s.erased_at is not None}
+        if erased and self.eraser is not None:
+            # Before the offset is recorded: a trigger decided once the consumer
+            # is past the request finds the journey erased.
+            for journey_key, at in erased.items():
+                await self.eraser.erase(journey_key, at)
         keys = [self.keys.signal_offset(self.topic, partition)]
         args: list[str | int] = [offset + 1]
         for journey_key, s in signals.items():
+            if journey_key in erased:
+                continue
             keys.append(self.keys.signals(journey_key))
             args += [
                 "" if s.unsubscribed_at is None else s.unsubscribed_at,

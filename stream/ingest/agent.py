@@ -116,7 +116,7 @@ def register_ingest(app: faust.App, settings: Settings, topics: Any, shell: Jour
 
     def lookup(raw_key: str) -> str | None:
         value = read_raw(identities, raw_key.encode())
-        return value.decode() if value is not None else None
+        return value.decode() if value else None
 
     resolved_name = settings.topics.resolved
     touchpoints_name = settings.topics.touchpoints
@@ -211,6 +211,12 @@ def register_ingest(app: faust.App, settings: Settings, topics: Any, shell: Jour
                 m.DUPLICATES.inc()
                 return False
             res = resolve(item, lookup, unsent)
+            if res.forget is not None:
+                # An erased customer's alias: an empty record (stamped, so no
+                # older link a paused worker writes later can win over it).
+                fut = await write_raw(app, identities, res.forget.encode(), b"", source)
+                records[source] = (fut, records[source][1] + 1 if source in records else 1)
+                m.IDENTITY_UNLINKS.inc()
             if res.record is not None:
                 alias, customer = res.record
                 fut = await write_raw(app, identities, alias.encode(), customer.encode(), source)

@@ -26,6 +26,8 @@ from stream.contract import Touchpoint, alias_ids, internal_touchpoint
 
 LINK = "link"
 MERGE = "merge"
+#: An erased customer's alias: its identity record goes (see ``stream.journey.linking``).
+UNLINK = "unlink"
 
 
 def orphan_key(raw_key: str) -> str:
@@ -46,6 +48,9 @@ class Resolution:
     merges: list[tuple[str, Touchpoint]] = field(default_factory=list)
     #: ``link`` touchpoints for aliases owned by other partitions: (raw key, tp).
     links: list[tuple[str, Touchpoint]] = field(default_factory=list)
+    #: An alias this partition owns whose identity record is to be erased
+    #: (the customer it links to was erased).
+    forget: str | None = None
 
 
 def _always(message_id: str) -> bool:
@@ -66,6 +71,9 @@ def resolve(
     apart from calling ``lookup`` and ``unsent``.
     """
     key = tp.routing_key
+    if tp.type == UNLINK:
+        linked_to = str(tp.properties["customer_id"])
+        return Resolution(journey_key="", forget=key if lookup(key) == linked_to else None)
     if tp.type == LINK:
         # Sent by resolve() itself: record alias -> customer where the alias lives.
         linked_to = str(tp.properties["customer_id"])
@@ -92,6 +100,20 @@ def resolve(
         if alias != key and unsent(link_id(alias, customer)):
             res.links.append((alias, _link(tp, alias, customer)))
     return res
+
+
+def unlink(alias: str, customer: str, at: int) -> Touchpoint:
+    """The message that erases ``alias``'s identity record if it links to ``customer``.
+
+    Sent on ``journey.links`` to the partition that owns ``alias``.
+    """
+    return internal_touchpoint(
+        UNLINK,
+        f"unlink:{alias}:{customer}:{at}",
+        at,
+        anonymous_id=alias,
+        properties={"customer_id": customer},
+    )
 
 
 def merge_id(alias: str, customer: str) -> str:

@@ -136,7 +136,9 @@ class JourneyShell:
             before = counted_stage(state)
             step = make(state)
             staged = None
-            if step.save and step.state is not None:
+            if step.erase:
+                staged = self.store.erased(partition, key, self.event)
+            elif step.save and step.state is not None:
                 staged = self.store.encode(partition, step.state, self.event)
         except Exception as exc:
             self.store.restore(key)
@@ -144,6 +146,11 @@ class JourneyShell:
         if staged is not None:
             self.store.stage(staged)
             self._count(partition, before, counted_stage(step.state))
+        if step.erase:
+            self.due[partition].schedule(key, None)
+            self.emitter.unlink(key, step.unlinks)
+            m.ERASURES.inc()
+            log.info("journey %r erased (%d aliases unlinked)", key, len(step.unlinks))
         if step.state is not None and step.state.merged_into is None:
             self.due[partition].schedule(key, rules.next_due(step.state, self.model))
         if step.held_until is not None:
@@ -193,6 +200,7 @@ class JourneyShell:
         except BaseException:
             self.store.discard()
             self.emitter.outbox.clear()
+            self.emitter.unlinks.clear()
             self.event = None
             raise
 
@@ -455,6 +463,8 @@ def register_journey(app: faust.App, settings: Settings, topics: Any) -> Journey
         shell.rebuild()
 
     from stream.journey.api import register_views
+    from stream.journey.privacy import register_privacy_views
 
     register_views(app, shell)
+    register_privacy_views(app, shell, settings)
     return shell

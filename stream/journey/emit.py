@@ -7,7 +7,8 @@ journey's transitions always come from one partition, in order. Triggers go to
 wall-clock time they fired. Touchpoints passed on to other journeys (identity
 answers, events of merged journeys) go out packed per partition when the batch
 ends, as ingest sends its own; the journey agent of this process takes them
-back decoded (:class:`~stream.faust_ext.fastpath.Handoff`).
+back decoded (:class:`~stream.faust_ext.fastpath.Handoff`). An erased journey's
+identity records are erased by ``unlink`` messages on ``journey.links``.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ import orjson
 from stream import contract
 from stream.contract import Touchpoint
 from stream.faust_ext.fastpath import Handoff, key_partitions, send_direct
+from stream.ingest import identity
 from stream.journey import rules
 from stream.journey.rules import Effect
 from stream.observability import metrics as m
@@ -57,6 +59,11 @@ class Emitter:
         self.handoff = Handoff()
         #: Touchpoints this batch passes on to other journeys, by journey key.
         self.outbox: dict[str, list[Touchpoint]] = {}
+        #: Identity records this batch erases (``unlink`` touchpoints).
+        self.unlinks: list[Touchpoint] = []
+        #: ``journey.links`` is co-partitioned with ``touchpoints``: an alias's
+        #: identity record lives on the partition its raw id hashes to.
+        self.links_partition = key_partitions(app, settings.topics.touchpoints)
 
     def forward(self, key: str, tps: list[Touchpoint]) -> None:
         """Pass touchpoints on to another journey when this batch ends."""
@@ -67,8 +74,27 @@ class Emitter:
             else:
                 queued.extend(tps)
 
+    def unlink(self, customer: str, aliases: list[str]) -> None:
+        """Erase the identity records linking ``aliases`` to ``customer`` (sent with forwards)."""
+        at = now_ms()
+        for alias in aliases:
+            self.unlinks.append(identity.unlink(alias, customer, at))
+
     async def send_forwards(self) -> None:
-        """Send what this batch passed on, packed per partition, in the order passed on."""
+        """Send what this batch passed on, packed per partition, in the order passed on.
+
+        Unlinks go to the ``journey.links`` partition owning each alias, where
+        the identity table keeps it.
+        """
+        unlinks, self.unlinks = self.unlinks, []
+        for tp in unlinks:
+            await send_direct(
+                self.app,
+                self.topics.links,
+                contract.dumps(tp),
+                key=tp.routing_key.encode(),
+                partition=self.links_partition(tp.routing_key),
+            )
         outbox, self.outbox = self.outbox, {}
         by_partition: dict[int, list[tuple[str, list[Touchpoint]]]] = defaultdict(list)
         for key, tps in outbox.items():

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field, replace
 
 from stream import contract
 from stream.contract import Touchpoint
-from stream.ingest.identity import MERGE
+from stream.ingest.identity import MERGE, orphan_key
 from stream.journey import rules
 from stream.journey.rules import Effect
 from stream.journey.stages import StageModel
@@ -28,6 +28,8 @@ from stream.journey.state import JourneyState
 from stream.triggers.trigger import Trigger
 
 MERGE_IN = "merge_in"
+#: A request to erase a journey (``journey forget``, ``DELETE /customers/{id}``).
+ERASE = "erase"
 #: How long a journey waits for an identity link's answer before settling anyway.
 LINK_ACK_TIMEOUT_MS = 30_000
 
@@ -52,6 +54,10 @@ class Step:
     unanswered: list[str] = field(default_factory=list)
     #: Wall ms at which a journey held for its links is due again (None: not held).
     held_until: int | None = None
+    #: The journey is erased: its state goes (an erasure marker is written instead).
+    erase: bool = False
+    #: Aliases whose identity records go with an erased journey.
+    unlinks: list[str] = field(default_factory=list)
 
 
 def linked_aliases(tp: Touchpoint) -> list[str]:
@@ -113,6 +119,40 @@ def _answer_again(state: JourneyState, tp: Touchpoint) -> tuple[str, list[Touchp
     return into, [merge_in(None, into, alias, tp.timestamp)]
 
 
+def erase_request(key: str, at: int) -> Touchpoint:
+    """The message that erases journey ``key`` (put on ``touchpoints.resolved``)."""
+    return contract.internal_touchpoint(
+        ERASE, f"erase:{key}:{at}", at, anonymous_id=key, properties={}
+    )
+
+
+def aliases_of(state: JourneyState) -> list[str]:
+    """Every raw id the identity table may link to this journey."""
+    out = set(state.anonymous_ids) | set(state.linked) | set(state.awaiting)
+    out |= set(state.merged_from)
+    out |= {f"email:{e.strip().lower()}" for e in state.emails}
+    out |= {f"loyalty:{card}" for card in state.loyalty_ids}
+    out.discard(state.key)
+    return sorted(out)
+
+
+def erase(state: JourneyState | None, at: int) -> Step:
+    """Erase a journey: its state, its aliases' identity records, their orphan journeys.
+
+    Whatever else came for the journey with the request goes too; what comes
+    later starts a new journey.
+    """
+    step = Step(None, erase=True)
+    if state is None:
+        return step
+    step.unlinks = aliases_of(state)
+    for alias in step.unlinks:
+        orphan = orphan_key(alias)
+        if orphan != state.key:
+            step.forwards.append((orphan, [erase_request(orphan, at)]))
+    return step
+
+
 def take_in(
     state: JourneyState | None,
     key: str,
@@ -125,8 +165,11 @@ def take_in(
 
     ``state`` is the journey's current state (None: new); the rules change it
     in place. A merged journey passes what it gets on to the journey it merged
-    into.
+    into. An erase request erases it (:func:`erase`).
     """
+    requests = [tp for tp in tps if tp.type == ERASE]
+    if requests:
+        return erase(state, requests[0].timestamp)
     if state is not None and state.merged_into is not None:
         step = Step(state)
         for tp in tps:

@@ -25,15 +25,30 @@ from stream.journey.state import JourneyState
 from stream.observability import metrics as m
 from stream.settings import Settings
 
+#: What an erased journey's record holds: nothing about the customer, and, being
+#: a value stamped with its writer's epoch (``stream.faust_ext.store``), it wins
+#: over any older state a paused worker may write after it, where a Kafka
+#: tombstone (no value, no epoch) would not.
+ERASED = b"\x00erased"
+
 
 @dataclass(frozen=True, slots=True)
 class Staged:
-    """A state to write when the batch ends: its encoding, and an event of its partition."""
+    """A write for when the batch ends: the state (None: erased), its encoding,
+    and an event of its partition."""
 
     partition: int
-    state: JourneyState
+    key: str
+    state: JourneyState | None
     raw: bytes
     event: Any
+
+
+def decode(raw: bytes | None) -> JourneyState | None:
+    """The state a table value holds (None: no journey, or an erased one)."""
+    if raw is None or raw == ERASED:
+        return None
+    return JourneyState.loads(raw)
 
 
 class JourneyStore:
@@ -65,8 +80,7 @@ class JourneyStore:
         state = self.cache.get(key)
         if state is not None:
             return state
-        raw = read_raw(self.table, key.encode())
-        return JourneyState.loads(raw) if raw is not None else None
+        return decode(read_raw(self.table, key.encode()))
 
     def encode(self, partition: int, state: JourneyState, event: Any) -> Staged:
         """``state`` encoded for writing; :class:`InvalidTouchpoint` past ``max_state_bytes``.
@@ -82,11 +96,15 @@ class JourneyStore:
                 None,
                 "state_size",
             )
-        return Staged(partition, state, raw, event)
+        return Staged(partition, state.key, state, raw, event)
+
+    def erased(self, partition: int, key: str, event: Any) -> Staged:
+        """The erasure of journey ``key``, for writing."""
+        return Staged(partition, key, None, ERASED, event)
 
     def stage(self, staged: Staged) -> None:
         """Keep ``staged`` for :meth:`flush` (it replaces what the batch had of it)."""
-        self.dirty[staged.state.key] = staged
+        self.dirty[staged.key] = staged
 
     def restore(self, key: str) -> None:
         """Drop what a failed step may have half-changed of journey ``key``.
@@ -99,7 +117,7 @@ class JourneyStore:
         staged = self.dirty.get(key)
         if staged is not None:
             self.dirty[key] = Staged(
-                staged.partition, JourneyState.loads(staged.raw), staged.raw, staged.event
+                staged.partition, key, decode(staged.raw), staged.raw, staged.event
             )
 
     async def flush(self) -> None:
@@ -121,12 +139,15 @@ class JourneyStore:
                 # The store writes to the partition of the current event.
                 _current_event.set(weakref.ref(staged.event))
                 current = staged.event
-            key = staged.state.key
+            key = staged.key
             partition = staged.partition
             last[partition] = await write_raw(
                 self.app, self.table, key.encode(), staged.raw, partition
             )
             written[partition] = written.get(partition, 0) + 1
+            if staged.state is None:
+                cache.pop(key, None)
+                continue
             cache[key] = staged.state
             cache.move_to_end(key)
             if len(cache) > cache_size:
@@ -144,5 +165,5 @@ class JourneyStore:
         """(partition, state) of every stored journey of the ``owned`` partitions."""
         for raw_key, raw in table_items(self.table):
             p = partition_of(raw_key)
-            if p in owned:
+            if p in owned and raw != ERASED:
                 yield p, JourneyState.loads(raw)

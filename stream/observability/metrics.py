@@ -70,6 +70,12 @@ IDENTITY_LINKS_UNANSWERED = Counter(
 IDENTITY_MERGES = Counter(
     "journey_identity_merges_total", "Orphan journeys merged into a customer's journey."
 )
+IDENTITY_UNLINKS = Counter(
+    "journey_identity_unlinks_total", "Identity records erased with their customer's journey."
+)
+ERASURES = Counter(
+    "journey_erasures_total", "Journeys erased on request (journey forget, DELETE /customers)."
+)
 EVENT_TIME_LAG = Histogram(
     "journey_event_time_lag_seconds",
     "Processing time minus event time at ingest.",

@@ -98,6 +98,23 @@ def test_purchase_cancels_only_abandonments_started_before_it() -> None:
     assert screen(welcome, after, NOON, NO_QUIET, "UTC") is None
 
 
+def test_an_erased_journeys_triggers_are_never_sent_but_later_ones_are() -> None:
+    t = trigger()
+    everything = CustomerSignals(unsubscribed=True, purchased_at=NOON, erased_at=t.event_at)
+    assert screen(t, everything, NOON, NO_QUIET, "UTC").outcome == outcomes.ERASED
+    # A journey begun after the erase is a new one.
+    assert screen(t, CustomerSignals(erased_at=t.event_at - 1), NOON, NO_QUIET, "UTC") is None
+    assert outcomes.ERASED in outcomes.FINAL
+
+
+def test_suppression_entries_are_digests_of_the_normalised_value() -> None:
+    from stream.dispatch.guards import suppression_entry
+
+    assert suppression_entry(" Ann@Example.com ") == suppression_entry("ann@example.com")
+    assert "ann" not in suppression_entry("ann@example.com")
+    assert suppression_entry("c-1") != suppression_entry("c-2")
+
+
 # -- signals ------------------------------------------------------------------
 def tp(type_: str, ts: int) -> Touchpoint:
     return Touchpoint(event_id=f"{type_}-{ts}", type=type_, channel="web", timestamp=ts)
@@ -114,6 +131,14 @@ def test_signals_of_keeps_latest_purchase_and_unsubscribe() -> None:
         "c-1": JourneySignal(purchased_at=7),
         "c-2": JourneySignal(unsubscribed_at=3),
     }
+
+
+def test_signals_of_takes_only_the_engines_erase_requests() -> None:
+    from stream.journey.linking import erase_request
+
+    forged = Touchpoint(event_id="x", type="erase", channel="web", timestamp=9, anonymous_id="c-2")
+    groups = [("c-1", [tp("purchase", 5), erase_request("c-1", 8)]), ("c-2", [forged])]
+    assert signals_of(groups) == {"c-1": JourneySignal(purchased_at=5, erased_at=8)}
 
 
 def test_partition_for_matches_the_engines_producer() -> None:

@@ -102,3 +102,47 @@ def test_a_redelivered_event_is_neither_applied_nor_late() -> None:
     assert (first.applied, first.late) == (1, 0)
     again = linking.take_in(first.state, "c-5", [view], T0 + 1, NOW, FIVE)
     assert (again.applied, again.late) == (0, 0)
+
+
+def test_an_erase_takes_the_journey_its_aliases_and_their_orphan_journeys() -> None:
+    login = event(
+        "login",
+        "identify",
+        T0,
+        anonymous_id="dev-1",
+        customer_id="c-1",
+        properties={"email": "Ann@Example.com", "loyalty_id": "L-1"},
+    )
+    cart = event("a1", "add_to_cart", T0 + 1, customer_id="c-1", properties={"sku": "S"})
+    state = linking.take_in(None, "c-1", [login, cart], T0 + 10, NOW, FIVE).state
+    assert state is not None
+    request = linking.erase_request("c-1", NOW)
+    step = linking.take_in(
+        state,
+        "c-1",
+        [event("later", "page_view", T0 + 5, customer_id="c-1"), request],
+        0,
+        NOW,
+        FIVE,
+    )
+    assert step.erase and step.state is None and step.effects == []
+    assert step.unlinks == ["dev-1", "email:ann@example.com", "loyalty:L-1"]
+    assert sorted(k for k, _ in step.forwards) == [
+        "anon:dev-1",
+        "email:ann@example.com",
+        "loyalty:L-1",
+    ]
+    assert all(tps[0].type == linking.ERASE for _, tps in step.forwards)
+    # Erasing what is not there (an orphan erased already, a repeated request) is a no-op.
+    again = linking.take_in(
+        None, "anon:dev-1", [linking.erase_request("anon:dev-1", NOW)], 0, NOW, FIVE
+    )
+    assert again.erase and again.unlinks == [] and again.forwards == []
+
+
+def test_an_unlink_forgets_an_alias_only_while_it_links_to_the_erased_customer() -> None:
+    from stream.ingest.identity import unlink
+
+    assert resolve(unlink("dev-1", "c-1", NOW), {"dev-1": "c-1"}.get).forget == "dev-1"
+    # Linked to someone else since: not this customer's to erase.
+    assert resolve(unlink("dev-1", "c-1", NOW), {"dev-1": "c-2"}.get).forget is None
