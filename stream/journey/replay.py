@@ -13,15 +13,17 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+from collections import deque
 from collections.abc import Iterable, Iterator
-from typing import IO, Any
+from dataclasses import replace
+from typing import IO
 
 import orjson
 
 from stream import contract
 from stream.contract import INTERNAL_SOURCE, Rejected, Touchpoint
-from stream.ingest.identity import LINK, resolve
-from stream.journey import rules
+from stream.ingest.identity import Resolution, resolve
+from stream.journey import linking, rules
 from stream.journey.clock import NEVER, DueIndex
 from stream.journey.model import journey_model
 from stream.journey.stages import StageModel
@@ -33,16 +35,24 @@ from stream.triggers.trigger import Trigger
 END = 2**62
 
 
-class Oracle:
-    """Identity resolution and journey rules over an ordered event log.
+#: The oracle has no wall clock: identity links are answered within the event
+#: that sent them, so ``now`` only has to keep a journey waiting for its links.
+NOW = 0
 
-    The watermark follows the log (newest event time seen minus the allowed
-    lateness), as a single-partition stream would. As the stream's timer does,
-    every journey the watermark makes due (pending events, deadlines, lapses)
-    settles when it passes, whether or not an event of its own arrives: an
-    orphan journey that settled before an identity link merged it shows its own
-    transitions in both. :meth:`finish` advances every journey to ``until``
-    (default: everything settles).
+
+class Oracle:
+    """Identity resolution and the identity-link protocol over an ordered event log.
+
+    The same pure code the stream runs (``stream.ingest.identity.resolve`` and
+    ``stream.journey.linking``), with the messages between journeys (merges,
+    their answers, links) delivered in one process, each event's before the
+    next event. The watermark follows the log (newest event time seen minus
+    the allowed lateness), as a single-partition stream would. As the stream's
+    timer does, every journey the watermark makes due (pending events,
+    deadlines, lapses) settles when it passes, whether or not an event of its
+    own arrives: an orphan journey that settled before an identity link merged
+    it shows its own transitions in both. :meth:`finish` advances every
+    journey to ``until`` (default: everything settles).
     """
 
     def __init__(self, model: StageModel, lateness_ms: int) -> None:
@@ -61,11 +71,17 @@ class Oracle:
         self.duplicates = 0
         #: Journeys by the watermark at which they next need settling.
         self.due = DueIndex()
+        #: Touchpoints on their way to a journey (the stream's ``touchpoints.resolved``).
+        self._mail: deque[tuple[str, list[Touchpoint]]] = deque()
 
     def _collect(self, effects: list[rules.Effect]) -> None:
         transitions, triggers, recoveries = rules.split(effects)
         self.transitions.extend(transitions)
-        self.triggers.extend(triggers)
+        # When identity links answered is a wall-clock measurement of the stream.
+        self.triggers.extend(
+            replace(t, extra={k: v for k, v in t.extra.items() if k != "identity_ready_at"})
+            for t in triggers
+        )
         self.recoveries += len(recoveries)
         self.visits.extend(rules.visit_effects(effects))
 
@@ -82,16 +98,37 @@ class Oracle:
         res = resolve(tp, self.identity.get)
         self._identity_effects(res)
         for _alias, link in res.links:
+            # Where the alias lives, the link records it and asks its orphan to merge.
             self._identity_effects(resolve(link, self.identity.get))
-        if tp.type == LINK or tp.source == INTERNAL_SOURCE:
-            return
-        state = self.states.get(res.journey_key) or JourneyState(key=res.journey_key)
-        state, out = rules.apply(state, tp, self.model)
-        self._collect(out)
-        state, out = rules.advance(state, self.watermark, self.model)
-        self._collect(out)
-        self._put(state)
+        if tp.source != INTERNAL_SOURCE:
+            self._mail.append((res.journey_key, [tp]))
+        self._deliver()
         self.settle(self.watermark)
+
+    def _identity_effects(self, res: Resolution) -> None:
+        if res.record is not None:
+            alias, customer = res.record
+            self.identity[alias] = customer
+        for orphan, merge in res.merges:
+            self._mail.append((orphan, [merge]))
+
+    def _deliver(self) -> None:
+        """Hand every touchpoint on its way to its journey, and what that sends on."""
+        while self._mail:
+            key, tps = self._mail.popleft()
+            self._step(
+                key,
+                linking.take_in(self.states.get(key), key, tps, self.watermark, NOW, self.model),
+            )
+
+    def _step(self, key: str, step: linking.Step) -> None:
+        self._collect(step.effects)
+        if step.save and step.state is not None:
+            self._put(step.state)
+        elif step.erase:
+            self.states.pop(key, None)
+            self.due.schedule(key, None)
+        self._mail.extend(step.forwards)
 
     def _put(self, state: JourneyState) -> None:
         self.states[state.key] = state
@@ -99,40 +136,14 @@ class Oracle:
         self.due.schedule(state.key, due)
 
     def settle(self, watermark: int) -> None:
-        """Advance every journey the watermark made due (the stream's timer checks)."""
+        """Settle every journey the watermark made due (the stream's timer checks)."""
         for key in self.due.pop_due(watermark):
-            state = self.states[key]
-            if state.merged_into is not None:
-                continue
-            state, out = rules.advance(state, watermark, self.model)
-            self._collect(out)
-            self._put(state)
-
-    def _identity_effects(self, res: Any) -> None:
-        if res.record is not None:
-            alias, customer = res.record
-            self.identity[alias] = customer
-        for orphan_key, merge_tp in res.merges:
-            orphan = self.states.get(orphan_key)
-            if orphan is None or orphan.merged_into is not None:
-                continue
-            if not (orphan.events or orphan.pending):
-                continue
-            into_key = str(merge_tp.properties["into"])
-            into = self.states.get(into_key) or JourneyState(key=into_key)
-            into, out = rules.merge(into, orphan, str(merge_tp.properties["alias"]), self.model)
-            self._collect(out)
-            orphan.merged_into = into_key
-            orphan.pending = []
-            self._put(orphan)
-            self._put(into)
+            self._step(key, linking.check(self.states.get(key), watermark, NOW, self.model))
+        self._deliver()
 
     def finish(self, until: int = END) -> None:
-        for key, state in self.states.items():
-            if state.merged_into is None:
-                state, out = rules.advance(state, until, self.model)
-                self._collect(out)
-                self.states[key] = state
+        for key in list(self.states):
+            self._step(key, linking.check(self.states[key], until, NOW, self.model))
 
     def final_states(self) -> Iterator[JourneyState]:
         for state in self.states.values():
