@@ -6,13 +6,15 @@ STAMP := $(VENV)/.installed
 ARGS ?=
 PYTEST_ARGS ?=
 
-.PHONY: help venv system-deps demo test test-unit test-integration check lint format bench clean
+.PHONY: help venv system-deps demo test test-unit test-fast test-integration check lint format bench clean
 
 help:
 	@echo "make demo   - run the engine embedded with simulated shoppers (ARGS='--duration 90')"
 	@echo "make test   - run the whole test suite (unit + integration + e2e)"
+	@echo "make test-unit - the pure core's tests only (no broker, Redis or browser)"
+	@echo "make test-fast - everything but the tests marked slow (kills, scale-out, demo, deployment)"
 	@echo "make check  - what CI checks beyond the tests: compose file, Prometheus config, lint"
-	@echo "make lint   - ruff, mypy on stream/ and the import contracts that hold"
+	@echo "make lint   - ruff, mypy on stream/ and the import contracts"
 	@echo "make bench  - throughput benchmark (loadtest/results/bench.json)"
 
 $(STAMP): pyproject.toml
@@ -43,6 +45,9 @@ test: $(STAMP) system-deps $(NODE_CLIENTS)/node_modules/.installed
 
 test-unit: $(STAMP)
 	$(BIN)/python -m pytest -q tests/unit $(PYTEST_ARGS)
+
+test-fast: $(STAMP) system-deps $(NODE_CLIENTS)/node_modules/.installed
+	$(BIN)/python -m pytest -q -m "not slow" $(PYTEST_ARGS)
 
 test-integration: $(STAMP) system-deps $(NODE_CLIENTS)/node_modules/.installed
 	$(BIN)/python -m pytest -q tests/integration tests/e2e $(PYTEST_ARGS)

@@ -12,8 +12,6 @@ from typing import Any
 
 import orjson
 
-from stream.topics import read_topic
-
 
 def percentile(sorted_values: list[float], q: float) -> float:
     """Nearest-rank percentile of an already sorted list (``q`` in [0, 100])."""
@@ -62,4 +60,6 @@ def summary(triggers: list[dict[str, Any]]) -> dict[str, Any]:
 
 def read_triggers(bootstrap: str, topic: str, timeout_s: float = 30.0) -> list[dict[str, Any]]:
     """Every trigger on ``topic`` (decoded), read to its end."""
+    from stream.topics import read_topic  # a Kafka client, only where a topic is read
+
     return [orjson.loads(r.value) for r in read_topic(bootstrap, topic, timeout_s)]

@@ -205,7 +205,7 @@ def cmd_collector(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_pos(args: argparse.Namespace, settings: Settings) -> int:
-    from stream.producers import pos
+    from stream.producers.pos import cli as pos
 
     return pos.main(args, resolve_broker(settings))
 
@@ -396,7 +396,7 @@ def build_parser() -> argparse.ArgumentParser:
         "(file, folder of exports or - for stdin); resumable through a checkpoint file.",
     )
     try:
-        from stream.producers.pos import add_arguments as pos_arguments
+        from stream.producers.pos.cli import add_arguments as pos_arguments
 
         pos_arguments(p)
     except ImportError as exc:  # pragma: no cover - only when the package is broken

@@ -30,6 +30,7 @@ from typing import Any
 
 from stream.embedded import EmbeddedStack, free_port
 from stream.embedded.stack import parent_death_hook
+from stream.observability.histograms import histogram_quantile
 from stream.settings import Settings, to_environ
 from stream.topics import ensure_topics
 
@@ -195,22 +196,6 @@ def demo_events(rate: float, duration_s: float, seed: int) -> list[dict]:
         if event["timestamp"] <= end:
             out.append(event)
     return out
-
-
-def histogram_quantile(samples: dict, name: str, q: float) -> float | None:
-    """Upper bound of the bucket holding quantile ``q`` of a Prometheus histogram."""
-    buckets = sorted(
-        (float(dict(ls)["le"]), v)
-        for (n, ls), v in samples.items()
-        if n == f"{name}_bucket" and "le" in dict(ls)
-    )
-    total_count = buckets[-1][1] if buckets else 0
-    if not total_count:
-        return None
-    for le, count in buckets:
-        if count >= q * total_count:
-            return le
-    return None
 
 
 def emails_in(mailbox: Path) -> int:

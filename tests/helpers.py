@@ -5,10 +5,9 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from stream.settings import Settings, load_settings
-from stream.topics import read_topic
 
 __all__ = ["API_TOKEN", "REPO", "isolated_settings", "read_topic", "wait_for"]
 
@@ -19,6 +18,14 @@ API_TOKEN = "test-admin-token"
 REPO = Path(__file__).resolve().parent.parent
 
 T = TypeVar("T")
+
+
+def read_topic(bootstrap: str, topic: str, timeout_s: float = 10.0) -> list[Any]:
+    """Every record of ``topic`` (``stream.topics.read_topic``; imported here on use, so
+    pure unit tests importing these helpers do not load a Kafka client)."""
+    from stream.topics import read_topic as read
+
+    return read(bootstrap, topic, timeout_s)
 
 
 def wait_for(

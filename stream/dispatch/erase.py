@@ -19,7 +19,8 @@ import orjson
 import redis.asyncio as aioredis
 
 from stream.dispatch import outcomes
-from stream.dispatch.guards import Keys, normalized, suppression_entry
+from stream.dispatch.facts import normalized, suppression_entry
+from stream.dispatch.guards import Keys
 
 # KEYS: erased marker, signals hash, suppression set. ARGV: at, retention ms,
 # plain entry, digest entry.

@@ -31,13 +31,13 @@ dispatcher takes it over at once instead of waiting out ``claim_ttl_s``.
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import time
 import uuid
 from dataclasses import dataclass
 
 import redis.asyncio as aioredis
 
+from stream.dispatch.facts import digest, normalized, suppression_entry
 from stream.dispatch.policy import CustomerSignals
 from stream.triggers.trigger import Trigger
 
@@ -143,23 +143,6 @@ class Keys:
     @property
     def schedule_payloads(self) -> str:
         return f"{self.prefix}schedule:payload"
-
-
-def digest(value: str) -> str:
-    """A one-way digest: what Redis keeps where it must remember someone it may not name."""
-    return hashlib.sha256(value.encode()).hexdigest()
-
-
-def normalized(value: str) -> str:
-    """An email (lower case) or customer id as the suppression list compares it."""
-    value = value.strip()
-    return value.lower() if "@" in value else value
-
-
-def suppression_entry(value: str) -> str:
-    """How an email or customer id is stored in the suppression set: a digest, so the
-    list remembers not to mail an erased customer without keeping who they are."""
-    return "sha256:" + digest(normalized(value))
 
 
 def customer_of(trigger: Trigger) -> str:

@@ -12,21 +12,15 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Awaitable, Callable, Iterable
-from dataclasses import dataclass
+from collections.abc import Awaitable, Callable
 
 import redis.asyncio as aioredis
 from aiokafka.partitioner import DefaultPartitioner
 
 from stream import contract
-from stream.contract import Touchpoint
 from stream.dispatch.erase import Eraser
+from stream.dispatch.facts import signals_of
 from stream.dispatch.guards import Keys
-
-PURCHASE_TYPES = frozenset({"purchase", "pos_purchase"})
-UNSUBSCRIBE_TYPES = frozenset({"unsubscribe"})
-#: ``stream.journey.linking.ERASE`` (the dispatcher does not import the journey rules).
-ERASE_TYPE = "erase"
 
 _RECORD = """
 for i = 2, #KEYS do
@@ -44,35 +38,6 @@ if tonumber(ARGV[1]) > tonumber(redis.call('GET', KEYS[1]) or '-1') then
 end
 return 1
 """
-
-
-@dataclass(frozen=True, slots=True)
-class JourneySignal:
-    """What one message says about one journey (event times in epoch ms)."""
-
-    unsubscribed_at: int | None = None
-    purchased_at: int | None = None
-    #: An erase request's time: the journey's data goes (``stream.dispatch.erase``).
-    erased_at: int | None = None
-
-
-def signals_of(groups: Iterable[tuple[str, list[Touchpoint]]]) -> dict[str, JourneySignal]:
-    """Latest unsubscribe, purchase and erase request per journey key in a packed
-    message (pure)."""
-    out: dict[str, JourneySignal] = {}
-    for key, tps in groups:
-        seen = out.get(key, JourneySignal())
-        unsub, bought, erased = seen.unsubscribed_at, seen.purchased_at, seen.erased_at
-        for tp in tps:
-            if tp.type in UNSUBSCRIBE_TYPES:
-                unsub = max(unsub or tp.timestamp, tp.timestamp)
-            elif tp.type in PURCHASE_TYPES:
-                bought = max(bought or tp.timestamp, tp.timestamp)
-            elif tp.type == ERASE_TYPE and tp.source == contract.INTERNAL_SOURCE:
-                erased = max(erased or tp.timestamp, tp.timestamp)
-        if unsub is not None or bought is not None or erased is not None:
-            out[key] = JourneySignal(unsub, bought, erased)
-    return out
 
 
 _partitioner = DefaultPartitioner()

@@ -34,7 +34,7 @@ from stream import contract
 from stream.contract import Touchpoint
 from stream.faust_ext.fastpath import send_direct
 from stream.journey import dead_letters, linking, rules
-from stream.journey.clock import NEVER, DueIndex
+from stream.journey.clock import NEVER, DueIndex, check_messages
 from stream.journey.emit import Emitter
 from stream.journey.linking import Step
 from stream.journey.marks import Marks
@@ -63,13 +63,6 @@ BATCH_WINDOW_S = 0.02
 
 def now_ms() -> int:
     return int(time.time() * 1000)
-
-
-def check_messages(watermark: int, keys: list[str]) -> Iterable[bytes]:
-    """Timer check messages for ``keys`` (``{"watermark", "keys"}``), each of bounded size."""
-    head = b'{"watermark":%d,"keys":' % watermark
-    for array in contract.pack_arrays(orjson.dumps(key) for key in keys):
-        yield head + array + b"}"
 
 
 def counted_stage(state: JourneyState | None) -> str | None:

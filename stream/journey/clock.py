@@ -7,10 +7,13 @@ from __future__ import annotations
 
 import bisect
 import heapq
-from collections.abc import Hashable
+from collections.abc import Hashable, Iterable
 from dataclasses import dataclass, field
 
+import orjson
+
 from stream.contract.marks import NEVER
+from stream.contract.packing import pack_arrays
 
 __all__ = ["NEVER", "DueIndex", "MergedClock", "PartitionClock"]
 
@@ -151,3 +154,10 @@ class DueIndex:
 
     def __len__(self) -> int:
         return len(self._due)
+
+
+def check_messages(watermark: int, keys: list[str]) -> Iterable[bytes]:
+    """Timer check messages for ``keys`` (``{"watermark", "keys"}``), each of bounded size."""
+    head = b'{"watermark":%d,"keys":' % watermark
+    for array in pack_arrays(orjson.dumps(key) for key in keys):
+        yield head + array + b"}"

@@ -6,7 +6,11 @@ import json
 import subprocess
 from pathlib import Path
 
+import pytest
+
 from tests.installed import InstalledPackage
+
+pytestmark = pytest.mark.slow
 
 
 def test_demo_runs_the_whole_stack_and_exits_cleanly(

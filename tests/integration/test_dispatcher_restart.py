@@ -7,6 +7,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+import pytest
 import redis
 
 from stream.embedded import SmtpCatcher, free_port
@@ -15,6 +16,8 @@ from stream.topics import ensure_topics
 from tests.helpers import wait_for
 from tests.integration.test_dispatcher import Kafka, by_trigger, make_trigger, outcomes
 from tests.procs import Dispatcher, dispatch_settings, http_get
+
+pytestmark = pytest.mark.slow
 
 
 def with_instance(settings: Settings, instance: str, **dispatch: Any) -> Settings:

@@ -18,10 +18,11 @@ from pathlib import Path
 from typing import Any
 
 import orjson
+import pytest
 import redis
 
 from stream import simulator
-from stream.dispatch.guards import digest
+from stream.dispatch.facts import digest
 from stream.embedded import SmtpCatcher
 from stream.settings import Settings, to_environ
 from stream.topics import ensure_topics
@@ -32,6 +33,8 @@ from tests.integration.test_scale_out import owned, with_data_dir
 from tests.procs import Dispatcher, Worker, dispatch_settings
 
 MIN = 60_000
+
+pytestmark = pytest.mark.slow
 
 
 def erasable_shopper(name: str, now: int) -> list[dict[str, Any]]:

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import orjson
+import pytest
 
 from stream.embedded import SmtpCatcher
 from stream.journey.model import journey_model
@@ -123,6 +124,7 @@ def test_abandoned_cart_gets_one_email_and_an_in_store_purchase_none(
         worker.stop()
 
 
+@pytest.mark.slow
 def test_worker_killed_mid_stream_sends_every_expected_email_exactly_once(
     settings: Settings, redis_server: Any, smtp: SmtpCatcher, tmp_path: Path
 ) -> None:

@@ -23,7 +23,7 @@ from kafka import KafkaProducer
 
 from stream import contract
 from stream.contract import Touchpoint
-from stream.producers.pos import PosProducer
+from stream.producers.pos.producer import PosProducer
 from stream.producers.publisher import Publisher, partition_of
 from stream.settings import Settings
 from stream.topics import create_topics, ensure_topics

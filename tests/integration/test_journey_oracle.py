@@ -18,7 +18,7 @@ import pytest
 
 from stream import contract, simulator
 from stream.ingest.identity import LINK, link_id, orphan_key
-from stream.journey.api import combine, funnel_figures
+from stream.journey.funnel import combine, funnel_figures
 from stream.journey.linking import MERGE_IN
 from stream.journey.model import journey_model
 from stream.journey.replay import run_oracle
@@ -296,6 +296,7 @@ def test_stream_equals_oracle(journey_settings: Settings, tmp_path: Path) -> Non
         worker.stop()
 
 
+@pytest.mark.slow
 def test_worker_killed_mid_stream_recovers_from_changelog(
     journey_settings: Settings, tmp_path: Path
 ) -> None:

@@ -14,6 +14,7 @@ from collections import Counter
 from dataclasses import replace
 from pathlib import Path
 
+import pytest
 from kafka import KafkaProducer
 
 from stream import contract
@@ -34,6 +35,8 @@ from tests.integration.test_scale_out import (
     with_data_dir,
 )
 from tests.procs import Worker, http_get
+
+pytestmark = pytest.mark.slow
 
 
 def group(settings: Settings, **journey: float) -> Settings:

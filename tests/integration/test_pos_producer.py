@@ -16,8 +16,8 @@ from typing import Any
 import orjson
 import pytest
 
-from stream.producers import pos
-from stream.producers.pos import PosProducer, PosReport
+from stream.producers.pos import cli as pos
+from stream.producers.pos.producer import PosProducer, PosReport
 from stream.producers.publisher import Publisher, PublishError, Record, partition_of
 from stream.settings import Settings
 from tests.helpers import REPO as ROOT
@@ -389,7 +389,7 @@ def test_sigterm_finishes_the_batch_checkpoints_and_exits_zero(
     export.write_text(jsonl_row("T1") + jsonl_row("T2"))
     script = (
         "import argparse, sys\n"
-        "from stream.producers import pos\n"
+        "from stream.producers.pos import cli as pos\n"
         "from stream.settings import load_settings\n"
         "p = argparse.ArgumentParser(); pos.add_arguments(p)\n"
         "sys.exit(pos.main(p.parse_args(sys.argv[1:]), load_settings()))\n"

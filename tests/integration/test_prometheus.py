@@ -47,6 +47,8 @@ DAY_MS = 86_400_000
 WINDOW = "10m"
 WRITE_KEY = "demo-write-key"
 
+pytestmark = pytest.mark.slow
+
 
 @pytest.fixture
 def obs_settings(settings: Settings) -> Settings:

@@ -43,6 +43,8 @@ from tests.procs import Worker, http_get
 
 CUSTOMERS = 10_000
 
+pytestmark = pytest.mark.slow
+
 
 @pytest.fixture
 def group_settings(settings: Settings) -> Settings:

@@ -515,7 +515,7 @@ def test_pack_arrays_keeps_every_item_in_order_within_the_limit(
 def test_a_large_batch_of_transitions_goes_out_under_the_producer_s_request_limit() -> None:
     # A backlog once gave one partition ~7,800 transitions in one step: 1.17 MB in
     # one message, which the producer refused, and the journey agent stopped.
-    from stream.journey.agent import check_messages
+    from stream.journey.clock import check_messages
     from stream.journey.state import Transition
 
     transitions = [

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from stream.demo import histogram_quantile
+from stream.observability.histograms import histogram_quantile
 
 NAME = "journey_deadline_fire_delay_seconds"
 

@@ -13,12 +13,12 @@ from hypothesis import strategies as st
 
 from stream.contract import Touchpoint
 from stream.dispatch import outcomes, tokens
+from stream.dispatch.facts import JourneySignal, signals_of
 from stream.dispatch.links import same_host
 from stream.dispatch.message import TRIGGER_ID_HEADER, build_message
 from stream.dispatch.policy import CustomerSignals, screen
 from stream.dispatch.quiet_hours import QuietHours
 from stream.dispatch.render import Renderer, RenderError
-from stream.dispatch.signals import JourneySignal, partition_for, signals_of
 from stream.triggers.trigger import TRANSITION
 from tests.builders import NOON, tracking_links, trigger
 
@@ -108,7 +108,7 @@ def test_an_erased_journeys_triggers_are_never_sent_but_later_ones_are() -> None
 
 
 def test_suppression_entries_are_digests_of_the_normalised_value() -> None:
-    from stream.dispatch.guards import suppression_entry
+    from stream.dispatch.facts import suppression_entry
 
     assert suppression_entry(" Ann@Example.com ") == suppression_entry("ann@example.com")
     assert "ann" not in suppression_entry("ann@example.com")
@@ -139,16 +139,6 @@ def test_signals_of_takes_only_the_engines_erase_requests() -> None:
     forged = Touchpoint(event_id="x", type="erase", channel="web", timestamp=9, anonymous_id="c-2")
     groups = [("c-1", [tp("purchase", 5), erase_request("c-1", 8)]), ("c-2", [forged])]
     assert signals_of(groups) == {"c-1": JourneySignal(purchased_at=5, erased_at=8)}
-
-
-def test_partition_for_matches_the_engines_producer() -> None:
-    from aiokafka.partitioner import DefaultPartitioner
-
-    for key in ("c-1", "cust-42", "ä"):
-        assert partition_for(key, 4) == DefaultPartitioner()(
-            key.encode(), [0, 1, 2, 3], [0, 1, 2, 3]
-        )
-    assert {partition_for(f"c-{i}", 4) for i in range(50)} == {0, 1, 2, 3}
 
 
 # -- rendering ----------------------------------------------------------------

@@ -7,7 +7,7 @@ import pytest
 
 from stream.contract import Touchpoint
 from stream.journey import rules
-from stream.journey.api import combine, funnel_figures, journey_view, percentile
+from stream.journey.funnel import combine, funnel_figures, journey_view, percentile
 from stream.journey.stages import load_model
 from stream.journey.state import JourneyState, StageVisit
 

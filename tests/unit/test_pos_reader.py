@@ -10,7 +10,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from stream.contract import InvalidTouchpoint, Touchpoint
-from stream.producers.pos import ExportReader, detect_format, iter_rows, row_to_touchpoint
+from stream.producers.pos.reader import ExportReader, detect_format, iter_rows
+from stream.producers.pos.rows import row_to_touchpoint
 from tests.helpers import REPO as ROOT
 
 SAMPLE = ROOT / "config" / "pos-sample.csv"

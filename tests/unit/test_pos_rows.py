@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 
 from stream import contract
 from stream.contract import InvalidTouchpoint, Touchpoint
-from stream.producers.pos import pos_event_id, row_to_touchpoint
+from stream.producers.pos.rows import pos_event_id, row_to_touchpoint
 
 
 def sale(**overrides: Any) -> dict[str, Any]:
