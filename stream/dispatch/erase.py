@@ -101,7 +101,8 @@ class Eraser:
         caps: dict[str, list[str]] = {}
         async for key in self.client.scan_iter(match=self._cap_pattern(journey_key)):
             channel = _text(key)[len(self.keys.prefix) + len("cap:") :].split(":", 1)[0]
-            caps[channel] = [_text(m) for m in await self.client.zrange(key, 0, -1)]
+            members = await self.client.zrange(key, 0, -1)
+            caps[channel] = [_text(m) for m in members if isinstance(m, (bytes, str))]
         suppressed = {}
         for entry in [journey_key, *emails]:
             found = await self.client.smismember(
