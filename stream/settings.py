@@ -89,6 +89,8 @@ class TopicSettings:
     #: read by an agent of their own, so a link never waits behind a touchpoints backlog),
     #: and the sources' event-time marks that follow them, relayed once they are handled.
     links: str = "journey.links"
+    #: One conversion record per decided follow-up (``stream.analytics.attribution``).
+    conversions: str = "journey.conversions"
     partitions: int = 4
     replication_factor: int = 1
     #: How long the broker keeps the records of the topics above (``retention.ms``
@@ -387,6 +389,30 @@ class AnalyticsSettings:
 
 
 @dataclass(frozen=True)
+class AttributionSettings:
+    """Conversion attribution of decided follow-ups (``sent`` and ``held_out``).
+
+    Event time throughout. See :mod:`stream.analytics.attribution` (windows,
+    last touch, records) and :mod:`stream.analytics.followups` (uplift, verdicts).
+    """
+
+    #: A decided follow-up's conversion window from its trigger's deadline; a rule
+    #: sets its own with ``attribution_window_s`` in its ``[[journey.*]]`` table.
+    window_s: float = 7 * 86400.0
+    #: How long after its trigger's deadline a decision may arrive (quiet hours,
+    #: dispatcher lag); a window's record is emitted this long after it ends.
+    decision_grace_s: float = 86400.0
+    #: A rule with fewer decided triggers than this in either arm is ``insufficient``.
+    min_per_arm: int = 100
+    #: Purchases kept per customer, and triggers or decisions waiting for each other.
+    max_purchases: int = 100
+    max_waiting: int = 256
+    #: Follow-up counts are kept per bucket of decision time (UTC), for this many days.
+    bucket_s: int = 86400
+    retention_days: int = 400
+
+
+@dataclass(frozen=True)
 class SecuritySettings:
     """Checks on secrets at start (see :mod:`stream.security`)."""
 
@@ -408,6 +434,7 @@ class Settings:
     pos: PosSettings = field(default_factory=PosSettings)
     dispatch: DispatchSettings = field(default_factory=DispatchSettings)
     analytics: AnalyticsSettings = field(default_factory=AnalyticsSettings)
+    attribution: AttributionSettings = field(default_factory=AttributionSettings)
     security: SecuritySettings = field(default_factory=SecuritySettings)
     #: The settings file these were loaded from (None: built in code).
     source: ConfigFile | None = field(default=None, compare=False)
