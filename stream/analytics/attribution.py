@@ -35,8 +35,11 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from stream import contract
 from stream.contract import Touchpoint
 from stream.dispatch.facts import PURCHASE_TYPES
+from stream.journey.linking import MERGE_IN
+from stream.settings import Settings
 
 SENT = "sent"
 #: ``stream.dispatch.outcomes.HELD_OUT``: a control-group trigger, passed every guard, not sent.
@@ -72,6 +75,28 @@ def order_cents(props: Mapping[str, Any]) -> int:
             if isinstance(price, int | float) and isinstance(qty, int | float):
                 total += price * qty
     return round(total * 100)
+
+
+def purchases_in(tp: Touchpoint) -> list[Touchpoint]:
+    """The purchases a touchpoint of ``touchpoints.resolved`` brings its journey.
+
+    A purchase itself; an orphan journey's answer to an identity merge
+    (``merge_in``) brings the purchases it kept (settled and pending), made
+    under the alias (a loyalty card in store) before the link was known.
+    """
+    if tp.type in PURCHASE_TYPES:
+        return [tp]
+    if tp.type != MERGE_IN or tp.source != contract.INTERNAL_SOURCE:
+        return []
+    state = tp.properties.get("state")
+    if not isinstance(state, Mapping):
+        return []
+    out = []
+    for name in ("journal", "pending"):
+        for d in state.get(name) or ():
+            if isinstance(d, Mapping) and d.get("type") in PURCHASE_TYPES:
+                out.append(contract.from_trusted(d))
+    return out
 
 
 @dataclass(frozen=True, slots=True)
@@ -374,3 +399,16 @@ def rule_windows(rules: Any, default_s: float) -> dict[str, int]:
         if value != default_s:
             out[name] = int(value * 1000)
     return out
+
+
+def policy_of(settings: Settings) -> Policy:
+    """The attribution policy of ``settings`` (``[attribution]`` and the rules' own windows)."""
+    a = settings.attribution
+    rules = (*settings.journey.abandonment, *settings.journey.followups)
+    return Policy(
+        window_ms=int(a.window_s * 1000),
+        grace_ms=int(a.decision_grace_s * 1000),
+        rule_windows=rule_windows(rules, a.window_s),
+        max_purchases=a.max_purchases,
+        max_waiting=a.max_waiting,
+    )

@@ -80,3 +80,18 @@ def read_outcome(raw: bytes, max_bytes: int = 1 << 20) -> OutcomeFact:
         _text(body, "outcome"),
         _ms(body, "at"),
     )
+
+
+def outcome_line(raw: bytes) -> OutcomeFact | None:
+    """A log line holding a dispatcher outcome (``journey report``), else None.
+
+    An object with ``trigger_id`` and ``outcome`` and no ``event_id``: a
+    touchpoint never has that shape, so everything else is left to the
+    touchpoint contract (which rejects a broken outcome with its reason).
+    """
+    if b'"outcome"' not in raw or b'"trigger_id"' not in raw or b'"event_id"' in raw:
+        return None
+    try:
+        return read_outcome(raw)
+    except (ValueError, orjson.JSONDecodeError):
+        return None

@@ -38,10 +38,16 @@ import orjson
 from faust.streams import _current_event
 
 from stream import contract, dlq
-from stream.analytics.attribution import ARMS, Attribution, Conversion, Policy, rule_windows
+from stream.analytics.attribution import (
+    ARMS,
+    Attribution,
+    Conversion,
+    policy_of,
+    purchases_in,
+)
 from stream.analytics.decisions import read_outcome, read_trigger
 from stream.analytics.followups import FollowupCounts
-from stream.dispatch.facts import ERASE_TYPE, PURCHASE_TYPES
+from stream.dispatch.facts import ERASE_TYPE
 from stream.faust_ext.fastpath import (
     changelog_persisted,
     read_raw,
@@ -64,19 +70,6 @@ DAY_MS = 86_400_000
 
 def now_ms() -> int:
     return int(time.time() * 1000)
-
-
-def policy_of(settings: Settings) -> Policy:
-    """The attribution policy of ``settings`` (rules' own windows included)."""
-    a = settings.attribution
-    rules = (*settings.journey.abandonment, *settings.journey.followups)
-    return Policy(
-        window_ms=int(a.window_s * 1000),
-        grace_ms=int(a.decision_grace_s * 1000),
-        rule_windows=rule_windows(rules, a.window_s),
-        max_purchases=a.max_purchases,
-        max_waiting=a.max_waiting,
-    )
 
 
 def _purchases_or_erasures(value: bytes) -> bool:
@@ -170,9 +163,9 @@ class AttributionShell:
             groups = contract.loads_groups(value)
             for key, tps in groups:
                 for tp in tps:
-                    if tp.type in PURCHASE_TYPES:
-                        state(key).on_purchase(tp, self.policy)
-                    elif tp.type == ERASE_TYPE and tp.source == contract.INTERNAL_SOURCE:
+                    for bought in purchases_in(tp):
+                        state(key).on_purchase(bought, self.policy)
+                    if tp.type == ERASE_TYPE and tp.source == contract.INTERNAL_SOURCE:
                         state(key).erase()
         elif msg.topic == triggers:
             trig = read_trigger(value)

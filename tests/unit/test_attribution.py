@@ -261,3 +261,30 @@ def test_any_arrival_order_within_lateness_and_grace_gives_the_same_records(
         if k == "purchase" and any(a < p.timestamp <= b for a, b in windows)
     }
     assert credited == len(inside)
+
+
+def test_an_orphans_purchases_come_with_its_merge_answer() -> None:
+    from stream.analytics.attribution import purchases_in
+    from stream.contract import internal_touchpoint
+
+    bought = purchase("pos-1", NOON + MIN, channel="pos")
+    answer = internal_touchpoint(
+        "merge_in",
+        "merge_in:loyalty:L-1:c-1",
+        NOON + 2 * MIN,
+        anonymous_id="loyalty:L-1",
+        properties={
+            "alias": "loyalty:L-1",
+            "state": {"journal": [bought.to_dict()], "pending": []},
+        },
+    )
+    assert purchases_in(answer) == [bought]
+    assert purchases_in(bought) == [bought]
+    ack = internal_touchpoint("merge_in", "m", NOON, anonymous_id="a", properties={"state": None})
+    assert purchases_in(ack) == []
+    s = Attribution("c-1")
+    decided(s, "t1", NOON, "sent")
+    for tp in purchases_in(answer):
+        s.on_purchase(tp, POLICY)
+    [c] = s.advance(END, POLICY)
+    assert c.converted and c.order_id == "o-pos-1"
