@@ -40,6 +40,8 @@ from faust.streams import _current_event
 from stream import contract, dlq
 from stream.analytics.attribution import (
     ARMS,
+    CONTROL,
+    TREATED,
     Attribution,
     Conversion,
     policy_of,
@@ -308,6 +310,14 @@ def register_attribution(
 ) -> AttributionShell:
     """Register the attribution agent, its table and the ``/followups`` views on ``app``."""
     shell = AttributionShell(app, settings, topics, partition_of)
+    # Every configured rule's series exist from the start, at 0: the dashboards
+    # compare arms, and an arm never decided yet must read 0, not "no data".
+    for raw in (*settings.journey.abandonment, *settings.journey.followups):
+        rule = str(raw.get("name"))
+        for arm in (TREATED, CONTROL):
+            m.FOLLOWUP_DECIDED.labels(rule=rule, arm=arm)
+            for converted in ("true", "false"):
+                m.FOLLOWUP_CLOSED.labels(rule=rule, arm=arm, converted=converted)
     t = settings.topics
     source = app.topic(
         t.resolved,

@@ -1,0 +1,264 @@
+"""Conversion attribution in the worker: decided follow-ups and purchases in, one
+conversion record per decided trigger out, across a restart; GET /followups.
+
+Real broker; the worker runs as a child process. The test writes triggers on
+``journey.triggers`` and their outcomes on ``journey.dispatch`` as the journey
+agent and the dispatcher would, and purchases as touchpoints (web, and in store
+under a loyalty card linked to the customer).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+from kafka import KafkaProducer
+
+from stream import contract
+from stream.analytics.attribution import conversion_id
+from stream.settings import Settings
+from stream.topics import ensure_topics
+from tests.builders import outcome_record, trigger
+from tests.helpers import API_TOKEN, read_topic, wait_for
+from tests.procs import Worker, http_get
+
+SEC = 1000
+WINDOW_S = 90
+GRACE_S = 5
+#: The rule whose window outlives the worker's restart.
+LONG_RULE, LONG_WINDOW_S = "welcome", 240
+
+
+def attribution_settings(settings: Settings) -> Settings:
+    journey = replace(
+        settings.journey,
+        allowed_lateness_s=2.0,
+        followups=tuple(
+            {**f, "attribution_window_s": LONG_WINDOW_S} if f.get("name") == LONG_RULE else f
+            for f in settings.journey.followups
+        ),
+    )
+    attribution = replace(
+        settings.attribution,
+        window_s=float(WINDOW_S),
+        decision_grace_s=float(GRACE_S),
+        min_per_arm=1,
+    )
+    return replace(settings, journey=journey, attribution=attribution)
+
+
+class Feed:
+    """Touchpoints, triggers and outcomes, each keyed as the engine keys them."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.s = settings
+        self.producer = KafkaProducer(bootstrap_servers=settings.broker.bootstrap, acks="all")
+
+    def touchpoint(self, body: dict[str, Any]) -> None:
+        tp = contract.parse(body)
+        self.producer.send(
+            self.s.topics.touchpoints, key=tp.routing_key.encode(), value=contract.dumps(tp)
+        )
+        self.producer.flush()
+
+    def purchase(self, event_id: str, customer: str, at: int, value: float, **extra: Any) -> None:
+        props = {"order_id": f"o-{event_id}", "value": value, "currency": "EUR"}
+        self.touchpoint(
+            {
+                "event_id": event_id,
+                "type": "purchase",
+                "channel": "web",
+                "timestamp": at,
+                "customer_id": customer,
+                "properties": props,
+                **extra,
+            }
+        )
+
+    def trigger(self, tid: str, rule: str, customer: str, deadline: int) -> None:
+        t = trigger(
+            trigger_id=tid, rule=rule, journey_key=customer, customer_id=customer, deadline=deadline
+        )
+        self.producer.send(self.s.topics.triggers, key=customer.encode(), value=t.dumps())
+        self.producer.flush()
+
+    def outcome(self, tid: str, rule: str, customer: str, outcome: str, at: int) -> None:
+        body = outcome_record(tid, outcome, rule=rule, key=customer, at=at)
+        self.producer.send(self.s.topics.dispatch, key=customer.encode(), value=orjson.dumps(body))
+        self.producer.flush()
+
+    def raw(self, topic: str, key: bytes, value: bytes) -> None:
+        self.producer.send(topic, key=key, value=value)
+        self.producer.flush()
+
+    def close(self) -> None:
+        self.producer.close()
+
+
+def conversions(settings: Settings) -> list[dict[str, Any]]:
+    records = read_topic(settings.broker.bootstrap, settings.topics.conversions, timeout_s=30)
+    return [orjson.loads(r.value) for r in records]
+
+
+def stage_of(worker: Worker, customer: str) -> Any:
+    status, body = worker.api(f"/customers/{customer}/journey")
+    return body.get("stage") if status == 200 and isinstance(body, dict) else None
+
+
+@pytest.mark.slow
+def test_one_conversion_record_per_decided_trigger_with_last_touch_and_a_restart(
+    settings: Settings, tmp_path: Path
+) -> None:
+    s = attribution_settings(settings)
+    ensure_topics(s)
+    feed = Feed(s)
+    worker = Worker(s, tmp_path / "worker.log").start()
+    try:
+        worker.wait_ready()
+        t0 = int(time.time() * 1000)
+        # In store, identified only by the loyalty card linked to c-d.
+        feed.touchpoint(
+            {
+                "event_id": "d-identify",
+                "type": "identify",
+                "channel": "web",
+                "timestamp": t0 - 80 * SEC,
+                "customer_id": "c-d",
+                "properties": {"loyalty_id": "L-d", "email": "d@example.com"},
+            }
+        )
+        # Purchases first: every outcome below arrives after its purchase.
+        feed.purchase("a-buy", "c-a", t0 - 30 * SEC, 40.0)
+        feed.purchase("b-buy", "c-b", t0 - 20 * SEC, 70.0)  # inside both of c-b's windows
+        feed.purchase("f-early", "c-f", t0 - 70 * SEC, 99.0)  # before its trigger's deadline
+        feed.touchpoint(
+            {
+                "event_id": "d-pos",
+                "type": "pos_purchase",
+                "channel": "pos",
+                "timestamp": t0 - 10 * SEC,
+                "properties": {
+                    "loyalty_id": "L-d",
+                    "order_id": "R-d",
+                    "value": 25.0,
+                    "currency": "EUR",
+                },
+            }
+        )
+        for customer in ("c-a", "c-b", "c-d", "c-f"):
+            wait_for(lambda c=customer: stage_of(worker, c), lambda st: st == "purchase", 60)
+        feed.trigger("A1", "cart", "c-a", t0 - 60 * SEC)
+        feed.outcome("A1", "cart", "c-a", "sent", t0)
+        feed.trigger("B1", "cart", "c-b", t0 - 60 * SEC)
+        feed.outcome("B1", "cart", "c-b", "sent", t0)
+        feed.trigger("B2", "browse", "c-b", t0 - 40 * SEC)
+        feed.outcome("B2", "browse", "c-b", "held_out", t0)
+        feed.trigger("C1", "cart", "c-c", t0 - 60 * SEC)
+        feed.outcome("C1", "cart", "c-c", "held_out", t0)
+        feed.outcome("D1", "cart", "c-d", "sent", t0)  # before its trigger
+        feed.trigger("D1", "cart", "c-d", t0 - 60 * SEC)
+        feed.trigger("E1", "cart", "c-e", t0 - 60 * SEC)
+        feed.outcome("E1", "cart", "c-e", "capped", t0)
+        feed.trigger("F1", "cart", "c-f", t0 - 60 * SEC)
+        feed.outcome("F1", "cart", "c-f", "sent", t0)
+        feed.outcome("F1", "cart", "c-f", "sent", t0)  # delivered twice
+        feed.raw(s.topics.dispatch, b"c-x", b'{"trigger_id": 42}')  # hostile: dead-lettered
+        # A window that outlives the restart below, converted after it.
+        feed.trigger("G1", LONG_RULE, "c-g", t0 - 5 * SEC)
+        feed.outcome("G1", LONG_RULE, "c-g", "sent", t0)
+
+        first = {"A1", "B1", "B2", "C1", "D1", "F1"}
+        records = wait_for(
+            lambda: conversions(s),
+            lambda rs: {r["trigger_id"] for r in rs} >= first,
+            timeout_s=WINDOW_S + GRACE_S + 90,
+            every_s=1.0,
+        )
+        got = {r["trigger_id"]: r for r in records}
+        assert len(records) == len(got) == 6, records
+        expect = {  # trigger: (arm, converted, revenue)
+            "A1": ("treated", True, 40.0),
+            "B1": ("treated", True, 0.0),  # the later window takes the order's revenue
+            "B2": ("control", True, 70.0),
+            "C1": ("control", False, 0.0),
+            "D1": ("treated", True, 25.0),  # in store, through the loyalty card's link
+            "F1": ("treated", False, 0.0),
+        }
+        for tid, (arm, converted, revenue) in expect.items():
+            r = got[tid]
+            assert (r["arm"], r["converted"], r["revenue"]) == (arm, converted, revenue), r
+            assert r["conversion_id"] == conversion_id(tid)
+        assert got["B1"]["converted_at"] == got["B2"]["converted_at"] == t0 - 20 * SEC
+        assert got["D1"]["journey_key"] == "c-d" and got["D1"]["order_id"] == "R-d"
+        dead = read_topic(s.broker.bootstrap, s.topics.dlq, timeout_s=10)
+        assert any(dict(r.headers).get("stage") == b"attribution" for r in dead)
+        assert worker.metric("journey_followup_decided_total", rule=LONG_RULE) == 1.0
+
+        status, body = worker.api("/followups")
+        assert status == 200, body
+        rules = {f["rule"]: f for f in body["followups"]}
+        cart = rules["cart"]
+        assert (cart["decided"], cart["sent"], cart["held_out"]) == (5, 4, 1)
+        assert (cart["treated_conversions"], cart["control_conversions"]) == (3, 0)
+        assert (cart["treated_rate"], cart["control_rate"], cart["uplift_abs"]) == (0.75, 0.0, 0.75)
+        assert cart["uplift_abs_ci_low"] < 0.75 < cart["uplift_abs_ci_high"]
+        assert cart["revenue_attributed"] == 65.0 and cart["currency"] == "EUR"
+        assert cart["verdict"] in ("helps", "no_effect")
+        assert rules["browse"]["verdict"] == "insufficient"  # nothing sent to compare
+        assert LONG_RULE not in rules  # its window is still open
+        assert (
+            worker.metric("journey_followup_windows_closed_total", rule="cart", converted="true")
+            == 3.0
+        )
+        assert worker.metric("journey_followup_revenue_total", rule="browse", arm="control") == 70.0
+
+        worker.stop()
+        worker = Worker(s, tmp_path / "worker2.log").start()
+        worker.wait_ready()
+        feed.purchase("g-buy", "c-g", int(time.time() * 1000), 12.5)
+        g_end = t0 - 5 * SEC + LONG_WINDOW_S * SEC
+        wait_for(
+            lambda: conversions(s),
+            lambda rs: any(r["trigger_id"] == "G1" for r in rs),
+            timeout_s=(g_end - int(time.time() * 1000)) / 1000 + GRACE_S + 90,
+            every_s=1.0,
+        )
+        again = conversions(s)
+        assert sorted(r["trigger_id"] for r in again) == sorted([*first, "G1"]), again
+        g = next(r for r in again if r["trigger_id"] == "G1")
+        assert (g["converted"], g["revenue"]) == (True, 12.5)
+        status, body = http_get(f"{worker.url}/followups", token=API_TOKEN)
+        assert status == 200
+        rules = {f["rule"]: f for f in body["followups"]}
+        assert rules["cart"]["decided"] == 5 and rules["cart"]["treated_conversions"] == 3
+        assert rules[LONG_RULE]["treated_conversions"] == 1
+    finally:
+        worker.stop()
+        feed.close()
+
+
+def test_followups_query_is_checked(settings: Settings, tmp_path: Path) -> None:
+    ensure_topics(settings)
+    worker = Worker(settings, tmp_path / "worker.log").start()
+    try:
+        worker.wait_ready()
+        window = "since=2026-03-01T00:00:00Z&until=2026-03-08T00:00:00Z"
+        status, body = worker.api(f"/followups?{window}")
+        assert status == 200 and body["followups"] == [], body
+        assert body["window"]["since"].startswith("2026-03-01")
+        for query, reason in [
+            ("since=yesterday", "since"),
+            ("until=99999999999999999999", "until"),
+            ("since=2026-03-08T00:00:00Z&until=2026-03-01T00:00:00Z", "before"),
+            ("rule=cart", "unknown query parameter"),
+            ("since=" + "9" * 100, "64 characters"),
+        ]:
+            status, body = worker.api(f"/followups?{query}")
+            assert status == 400 and reason in body["error"], (query, status, body)
+        assert http_get(f"{worker.url}/followups")[0] == 401
+    finally:
+        worker.stop()
