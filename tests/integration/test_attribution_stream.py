@@ -262,3 +262,82 @@ def test_followups_query_is_checked(settings: Settings, tmp_path: Path) -> None:
         assert http_get(f"{worker.url}/followups")[0] == 401
     finally:
         worker.stop()
+
+
+@pytest.mark.slow
+def test_a_worker_killed_mid_stream_loses_and_double_counts_no_window(
+    settings: Settings, tmp_path: Path
+) -> None:
+    window_s, grace_s = 20, 5
+    s = replace(
+        settings,
+        journey=replace(settings.journey, allowed_lateness_s=2.0),
+        attribution=replace(
+            settings.attribution,
+            window_s=float(window_s),
+            decision_grace_s=float(grace_s),
+            min_per_arm=1,
+        ),
+    )
+    ensure_topics(s)
+    feed = Feed(s)
+    worker = Worker(s, tmp_path / "worker.log").start()
+    try:
+        worker.wait_ready()
+        t0 = int(time.time() * 1000) + 2 * SEC
+        # (wall ms to send at, what): each customer's decided trigger, and one purchase
+        # before its window, inside it or after it; sent as their time comes.
+        plan: list[tuple[int, str, Any]] = []
+        expect: dict[str, tuple[str, bool, float]] = {}
+        n = 90
+        for i in range(n):
+            customer, tid = f"k{i}", f"K{i}"
+            deadline = t0 - 20 * SEC + i * 40 * SEC // n
+            outcome = "sent" if i % 2 else "held_out"
+            plan.append((deadline + SEC, "decision", (tid, customer, deadline, outcome)))
+            offset = (-3, 8, window_s + 4)[i % 3]
+            value = float(10 + i)
+            plan.append((deadline + offset * SEC, "purchase", (f"buy{i}", customer, value)))
+            arm = "treated" if outcome == "sent" else "control"
+            expect[tid] = (arm, offset == 8, value if offset == 8 else 0.0)
+        plan.sort(key=lambda p: p[0])
+        kill_at, killed = t0 + 12 * SEC, False
+        for at, kind, item in plan:
+            if not killed and at >= kill_at:
+                worker.kill()
+                killed = True
+                worker = Worker(s, tmp_path / "worker2.log", web_port=worker.web_port).start()
+            delay = at / 1000 - time.time()
+            if delay > 0:
+                time.sleep(delay)  # pacing the feed in wall time, not synchronisation
+            if kind == "decision":
+                tid, customer, deadline, outcome = item
+                feed.trigger(tid, "cart", customer, deadline)
+                feed.outcome(tid, "cart", customer, outcome, at)
+            else:
+                event_id, customer, value = item
+                feed.purchase(event_id, customer, at, value)
+        assert killed
+        worker.wait_ready()
+        records = wait_for(
+            lambda: conversions(s),
+            lambda rs: {r["trigger_id"] for r in rs} == set(expect),
+            timeout_s=180,
+            every_s=1.0,
+        )
+        by_id: dict[str, dict[str, Any]] = {}
+        for r in records:  # a record sent again after the kill is the same record
+            assert by_id.setdefault(r["trigger_id"], r) == r, (r, by_id[r["trigger_id"]])
+        for tid, (arm, converted, revenue) in expect.items():
+            r = by_id[tid]
+            assert (r["arm"], r["converted"], r["revenue"]) == (arm, converted, revenue), r
+        status, body = worker.api("/followups")
+        assert status == 200, body
+        [cart] = body["followups"]
+        want_t = sum(1 for a, c, _ in expect.values() if a == "treated" and c)
+        want_c = sum(1 for a, c, _ in expect.values() if a == "control" and c)
+        assert (cart["sent"], cart["held_out"]) == (n // 2, n // 2), cart
+        assert (cart["treated_conversions"], cart["control_conversions"]) == (want_t, want_c)
+    finally:
+        worker.stop()
+        feed.close()
