@@ -116,6 +116,31 @@ class ClosedLoop(threading.Thread):
             return
         heapq.heappush(self._due, (at, out.trigger_id, out.rule, arm, event))
 
+    def summary(self, worker_url: str, api_token: str, planted: Any) -> dict[str, Any]:
+        """What was planted, what the shoppers did, and what ``GET /followups`` measured."""
+        import json
+        import urllib.request
+
+        req = urllib.request.Request(
+            f"{worker_url}/followups", headers={"Authorization": f"Bearer {api_token}"}
+        )
+        try:
+            with urllib.request.urlopen(req, timeout=10) as resp:
+                measured = json.loads(resp.read())["followups"]
+        except Exception as exc:
+            measured = f"not available: {exc!r}"
+        return {
+            "planted": {
+                rule: {"treated": p.treated, "control": p.control, "uplift": round(p.uplift, 4)}
+                for rule, p in planted.items()
+            },
+            "shoppers": {
+                f"{rule}/{arm}": {"decided": n, "bought": self.bought[rule, arm]}
+                for (rule, arm), n in sorted(self.decided.items())
+            },
+            "measured": measured,
+        }
+
     def _send_due(self) -> None:
         now = int(time.time() * 1000)
         while self._due and self._due[0][0] <= now:
@@ -126,3 +151,26 @@ class ClosedLoop(threading.Thread):
                 log.warning("closed loop: purchase not sent: %r", exc)
                 continue
             self.bought[rule, arm] += 1
+
+
+def collector_sender(settings: Settings) -> Callable[[dict[str, Any]], None]:
+    """Send a simulated order as a web SDK would: a Segment call to the collector."""
+    import base64
+    import json
+    import urllib.request
+
+    from stream.simulator import to_segment
+
+    key = next(iter(settings.collector.write_keys))
+    auth = "Basic " + base64.b64encode(f"{key}:".encode()).decode()
+    url = f"http://127.0.0.1:{settings.collector.port}/v1/batch"
+
+    def send(event: dict[str, Any]) -> None:
+        body = json.dumps({"batch": [to_segment(event)]}).encode()
+        headers = {"Content-Type": "application/json", "Authorization": auth}
+        req = urllib.request.Request(url, data=body, headers=headers)
+        with urllib.request.urlopen(req, timeout=10) as resp:
+            if resp.status != 200:
+                raise RuntimeError(f"collector answered {resp.status}")
+
+    return send
