@@ -341,3 +341,64 @@ def test_a_worker_killed_mid_stream_loses_and_double_counts_no_window(
     finally:
         worker.stop()
         feed.close()
+
+
+def owned(worker: Worker, topic: str) -> set[int]:
+    status, body = http_get(f"{worker.url}/ready")
+    if status != 200:
+        return set()
+    return {int(p) for t, p in (s.rsplit(":", 1) for s in body["active_partitions"]) if t == topic}
+
+
+@pytest.mark.slow
+def test_followups_merge_every_workers_partitions_for_a_read_token(
+    settings: Settings, tmp_path: Path
+) -> None:
+    reader = "followups-reader-1"
+    s = attribution_settings(settings)
+    s = replace(s, worker=replace(s.worker, api_tokens={**s.worker.api_tokens, reader: "read"}))
+    ensure_topics(s)
+    feed = Feed(s)
+    workers = [
+        Worker(
+            replace(s, worker=replace(s.worker, data_dir=str(tmp_path / f"w{i}"))),
+            tmp_path / f"worker-{i}.log",
+        ).start()
+        for i in (1, 2)
+    ]
+    try:
+        for w in workers:
+            w.wait_ready()
+        resolved = s.topics.resolved
+        wait_for(
+            lambda: [owned(w, resolved) for w in workers],
+            lambda o: all(o) and not (o[0] & o[1]) and o[0] | o[1] == set(range(4)),
+            timeout_s=90,
+        )
+        # Windows long closed: each record is due as soon as its decision is read.
+        deadline = int(time.time() * 1000) - 10 * 60 * SEC
+        n = 40
+        for i in range(n):
+            feed.trigger(f"M{i}", "cart", f"m{i}", deadline)
+            feed.outcome(f"M{i}", "cart", f"m{i}", "sent" if i % 4 else "held_out", deadline)
+
+        def decided(url: str) -> int:
+            status, body = http_get(url, token=reader)
+            assert status == 200, body
+            return sum(f["decided"] for f in body["followups"])
+
+        for w in workers:
+            wait_for(lambda w=w: decided(f"{w.url}/followups"), lambda d: d == n, timeout_s=90)
+        shares = []
+        for w in workers:
+            status, local = http_get(f"{w.url}/followups/local", token=reader)
+            assert status == 200, local
+            shares.append(sum(arms[a][0] for _, _, arms in local["cells"] for a in arms))
+        assert sum(shares) == n and all(shares), shares
+        status, body = http_get(f"{workers[0].url}/followups", token=reader)
+        [cart] = body["followups"]
+        assert (cart["sent"], cart["held_out"]) == (30, 10)
+    finally:
+        for w in workers:
+            w.stop()
+        feed.close()
