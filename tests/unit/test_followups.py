@@ -147,3 +147,14 @@ def test_partition_counts_merge_to_the_same_report_in_any_order(
     assert combined == whole
     assert followups(combined, min_per_arm=3) == followups(whole, min_per_arm=3)
     assert FollowupCounts.from_dict(whole.to_dict()) == whole
+
+
+def test_each_rule_has_every_field_the_journey_map_page_reads() -> None:
+    from tests.journey_map_reports import realistic_report
+
+    page_fields = set(realistic_report()["followups"][0])
+    counts = FollowupCounts()
+    counts.add_all(population("cart", 10, 2, 10, 1, 500))
+    [f] = followups(counts)
+    assert page_fields <= set(f), page_fields - set(f)
+    assert f["verdict"] in ("helps", "no_effect", "hurts", "insufficient")
