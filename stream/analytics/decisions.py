@@ -1,8 +1,10 @@
-"""Triggers and dispatcher outcomes as attribution reads them (pure), checked.
+"""What attribution reads of the engine's topics (pure), checked.
 
 ``journey.triggers`` and ``journey.dispatch`` are written by the engine, but a
 record is still held to sizes and ranges before it reaches a table: a bad one
-is a ``ValueError`` with the reason, for the agent to dead-letter.
+is a ``ValueError`` with the reason, for the agent to dead-letter. Of a
+``touchpoints.resolved`` message only purchases (and merge answers that may
+carry some) and erase requests are built into touchpoints (:func:`scan_resolved`).
 """
 
 from __future__ import annotations
@@ -12,6 +14,11 @@ from dataclasses import dataclass
 from typing import Any
 
 import orjson
+
+from stream import contract
+from stream.contract import Touchpoint
+from stream.dispatch.facts import ERASE_TYPE, PURCHASE_TYPES
+from stream.journey.linking import MERGE_IN
 
 #: Ids and names on ``journey.triggers`` and ``journey.dispatch`` are at most this long.
 MAX_ID_CHARS = 256
@@ -95,3 +102,24 @@ def outcome_line(raw: bytes) -> OutcomeFact | None:
         return read_outcome(raw)
     except (ValueError, orjson.JSONDecodeError):
         return None
+
+
+#: Touchpoint types of ``touchpoints.resolved`` that matter to attribution.
+WANTED_TYPES = frozenset({*PURCHASE_TYPES, MERGE_IN, ERASE_TYPE})
+
+
+def scan_resolved(raw: bytes) -> list[tuple[str, Touchpoint]]:
+    """(journey key, touchpoint) of the purchases, merge answers and erase requests in a
+    packed ``touchpoints.resolved`` value (the engine's own; the rest are not built).
+
+    Why: most touchpoints are not purchases, and building every one costs more
+    than decoding the message.
+    """
+    out = []
+    for key, tps in orjson.loads(raw):
+        if not isinstance(key, str):
+            raise ValueError("a journey key is not text")
+        for d in tps:
+            if d.get("type") in WANTED_TYPES:
+                out.append((key, contract.from_trusted(d)))
+    return out

@@ -47,7 +47,7 @@ from stream.analytics.attribution import (
     policy_of,
     purchases_in,
 )
-from stream.analytics.decisions import read_outcome, read_trigger
+from stream.analytics.decisions import read_outcome, read_trigger, scan_resolved
 from stream.analytics.followups import FollowupCounts
 from stream.dispatch.facts import ERASE_TYPE
 from stream.faust_ext.fastpath import (
@@ -162,15 +162,14 @@ class AttributionShell:
                 return
             if not _purchases_or_erasures(value):
                 return
-            groups = contract.loads_groups(value)
-            for key, tps in groups:
-                for tp in tps:
-                    for bought in purchases_in(tp):
-                        state(key).on_purchase(bought, self.policy)
-                    if tp.type == ERASE_TYPE and tp.source == contract.INTERNAL_SOURCE:
-                        state(key).erase()
+            for key, tp in scan_resolved(value):
+                for bought in purchases_in(tp):
+                    state(key).on_purchase(bought, self.policy)
+                if tp.type == ERASE_TYPE and tp.source == contract.INTERNAL_SOURCE:
+                    state(key).erase()
         elif msg.topic == triggers:
             trig = read_trigger(value)
+            self._check_partition(trig.journey_key, msg.partition)
             st = state(trig.journey_key)
             self._opened(
                 st,
@@ -179,12 +178,19 @@ class AttributionShell:
             )
         else:
             out = read_outcome(value)
+            self._check_partition(out.journey_key, msg.partition)
             st = state(out.journey_key)
             self._opened(
                 st,
                 out.trigger_id,
                 lambda: st.on_outcome(out.trigger_id, out.rule, out.outcome, out.at, self.policy),
             )
+
+    def _check_partition(self, key: str, partition: int) -> None:
+        """A record must come on its journey's partition, where that journey's state is."""
+        home = self.partition_of(key.encode())
+        if home != partition:
+            raise ValueError(f"journey {key[:64]!r} belongs to partition {home}, not {partition}")
 
     def _count_open(self, partition: int, st: Attribution) -> None:
         if st.windows:

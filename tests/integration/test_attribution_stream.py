@@ -17,6 +17,7 @@ from typing import Any
 import orjson
 import pytest
 from kafka import KafkaProducer
+from kafka.partitioner import DefaultPartitioner
 
 from stream import contract
 from stream.analytics.attribution import conversion_id
@@ -91,8 +92,8 @@ class Feed:
         self.producer.send(self.s.topics.dispatch, key=customer.encode(), value=orjson.dumps(body))
         self.producer.flush()
 
-    def raw(self, topic: str, key: bytes, value: bytes) -> None:
-        self.producer.send(topic, key=key, value=value)
+    def raw(self, topic: str, key: bytes, value: bytes, partition: int | None = None) -> None:
+        self.producer.send(topic, key=key, value=value, partition=partition)
         self.producer.flush()
 
     def close(self) -> None:
@@ -166,7 +167,12 @@ def test_one_conversion_record_per_decided_trigger_with_last_touch_and_a_restart
         feed.trigger("F1", "cart", "c-f", t0 - 60 * SEC)
         feed.outcome("F1", "cart", "c-f", "sent", t0)
         feed.outcome("F1", "cart", "c-f", "sent", t0)  # delivered twice
-        feed.raw(s.topics.dispatch, b"c-x", b'{"trigger_id": 42}')  # hostile: dead-lettered
+        # Hostile: not an outcome; an outcome on another journey's partition. Both go to
+        # the dead-letter topic, with the reason.
+        feed.raw(s.topics.dispatch, b"c-x", b'{"trigger_id": 42}')
+        wrong = outcome_record("X1", "sent", rule="cart", key="c-x", at=t0)
+        home = DefaultPartitioner()(b"c-x", [0, 1, 2, 3], [0, 1, 2, 3])
+        feed.raw(s.topics.dispatch, b"c-x", orjson.dumps(wrong), partition=(home + 1) % 4)
         # A window that outlives the restart below, converted after it.
         feed.trigger("G1", LONG_RULE, "c-g", t0 - 5 * SEC)
         feed.outcome("G1", LONG_RULE, "c-g", "sent", t0)
@@ -195,7 +201,14 @@ def test_one_conversion_record_per_decided_trigger_with_last_touch_and_a_restart
         assert got["B1"]["converted_at"] == got["B2"]["converted_at"] == t0 - 20 * SEC
         assert got["D1"]["journey_key"] == "c-d" and got["D1"]["order_id"] == "R-d"
         dead = read_topic(s.broker.bootstrap, s.topics.dlq, timeout_s=10)
-        assert any(dict(r.headers).get("stage") == b"attribution" for r in dead)
+        reasons = [
+            dict(r.headers)["reason"].decode()
+            for r in dead
+            if dict(r.headers).get("stage") == b"attribution"
+        ]
+        assert len(reasons) == 2, reasons
+        assert any("trigger_id must be text" in r for r in reasons), reasons
+        assert any("belongs to partition" in r for r in reasons), reasons
         assert worker.metric("journey_followup_decided_total", rule=LONG_RULE) == 1.0
 
         status, body = worker.api("/followups")

@@ -20,6 +20,7 @@ from stream.analytics.attribution import (
     order_cents,
     rule_windows,
 )
+from stream.contract import Touchpoint
 from stream.contract.marks import NEVER
 from tests.builders import NOON, purchase
 
@@ -288,3 +289,20 @@ def test_an_orphans_purchases_come_with_its_merge_answer() -> None:
         s.on_purchase(tp, POLICY)
     [c] = s.advance(END, POLICY)
     assert c.converted and c.order_id == "o-pos-1"
+
+
+def test_a_resolved_message_yields_only_what_attribution_needs() -> None:
+    from stream.analytics.decisions import scan_resolved
+    from stream.contract import dumps_groups, internal_touchpoint
+    from stream.journey.linking import erase_request
+
+    bought = purchase("p1", NOON, customer="c-1")
+    view = Touchpoint(
+        event_id="v1", type="product_view", channel="web", timestamp=NOON, customer_id="c-1"
+    )
+    answer = internal_touchpoint("merge_in", "m1", NOON, anonymous_id="a", properties={})
+    erase = erase_request("c-2", NOON)
+    raw = dumps_groups([("c-1", [view, bought, answer]), ("c-2", [erase])])
+    assert scan_resolved(raw) == [("c-1", bought), ("c-1", answer), ("c-2", erase)]
+    with pytest.raises(ValueError, match="key"):
+        scan_resolved(b"[[1, []]]")
