@@ -60,10 +60,7 @@ check: $(STAMP) system-deps lint
 	$(COMPOSE_CHECK_ENV) docker-compose -f docker-compose.yml config -q
 	promtool check config config/prometheus/prometheus.yml
 
-# The import contracts of pyproject.toml [tool.importlinter], by id. The pending ones
-# are broken while stream/cli.py and stream/demo.py import loadtest and while
-# stream.ingest and stream.triggers import stream.journey, which imports them; they
-# move up once they hold.
+# The import contracts of pyproject.toml [tool.importlinter], by id.
 IMPORT_CONTRACTS := pure-core producers-layers acyclic-within-packages engine-without-loadtest \
 	acyclic-top-level
 
