@@ -33,6 +33,8 @@ from stream.dispatch.signals import SignalProgress, SignalRecorder
 from stream.dispatch.smtp import SmtpSender
 from stream.observability import metrics as m
 from stream.settings import Settings, templates_in_use
+from stream.triggers.holdout import Holdouts
+from stream.triggers.playbook import rule_holdouts
 
 log = logging.getLogger(__name__)
 
@@ -143,6 +145,10 @@ def build_dispatcher_app(settings: Settings) -> faust.App:
         Renderer(d.templates_dir or None),
         SmtpSender(settings.smtp, d.smtp_timeout_s),
         outbox,
+        holdouts=Holdouts(
+            rule_holdouts(settings.journey.abandonment, settings.journey.followups),
+            d.holdout_salt,
+        ),
     )
 
     async def close_end_offsets(sender: Any, /, *args: Any, signal: Any, **kwargs: Any) -> None:
