@@ -1,5 +1,5 @@
 """The webhook channel's pure parts: signing, retry decisions, backoff, Retry-After,
-the circuit breaker and rule channels."""
+the circuit breaker, rule channels, endpoints and their secrets at start."""
 
 from __future__ import annotations
 
@@ -8,12 +8,17 @@ import hmac
 from datetime import UTC, datetime
 from email.utils import format_datetime
 
+import orjson
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from stream.defaults import ConfigError
 from stream.dispatch.webhooks import breaker, retry, signing
+from stream.dispatch.webhooks.endpoints import channels_of
 from stream.dispatch.webhooks.retry import Attempt, RetryPolicy
+from stream.security import insecure_secrets
+from stream.settings import Settings, as_dict, load_settings
 from stream.triggers.channels import (
     EMAIL_ONLY,
     Route,
@@ -213,3 +218,69 @@ def test_the_playbook_refuses_invalid_channels_naming_the_rule() -> None:
         parse_playbook(
             [], [{"name": "w", "to_stage": "decision", "channels": ["fax"]}], ["decision"]
         )
+
+
+# -- endpoints and secrets at start ----------------------------------------------------
+CRM = {"name": "crm", "url": "https://crm.example.com/hook", "headers": {"X-Tenant": "eu"}}
+
+
+def webhook_settings(endpoints: list[dict[str, object]], **env: str) -> Settings:
+    rules = '[{"name":"cart","start":["add_to_cart"],"wait_s":60,'
+    rules += '"channels":["email","webhook"],"webhooks":["crm"]}]'
+    environ = {"JOURNEY_WEBHOOKS_ENDPOINTS": orjson.dumps(endpoints).decode()}
+    environ["JOURNEY_JOURNEY_ABANDONMENT"] = rules
+    return load_settings(environ={**environ, **env})
+
+
+def test_an_endpoint_takes_its_secret_from_the_environment_and_defaults() -> None:
+    s = webhook_settings([CRM], JOURNEY_WEBHOOKS_SECRETS="crm=k3y-from-env")
+    routes, endpoints = channels_of(s)
+    assert routes["cart"] == Route(email=True, webhooks=("crm",))
+    crm = endpoints["crm"]
+    assert crm.secret == "k3y-from-env"
+    assert (crm.timeout_s, crm.max_attempts, crm.concurrency) == (10.0, 8, 4)
+    assert crm.headers == (("X-Tenant", "eu"),)
+    assert as_dict(s)["webhooks"]["secrets"] == "***"
+
+
+def test_an_endpoint_without_a_secret_refuses_to_start() -> None:
+    with pytest.raises(ConfigError, match=r"webhooks\.endpoints\[0\]: .*'crm' has no signing"):
+        channels_of(webhook_settings([CRM]))
+
+
+def test_a_rule_naming_an_unknown_endpoint_refuses_to_start() -> None:
+    sms = {"name": "sms", "url": "http://sms.example.com/", "secret": "k" * 20}
+    with pytest.raises(ConfigError, match=r"rule 'cart' names webhook endpoint 'crm'.*sms"):
+        channels_of(webhook_settings([sms]))
+
+
+@pytest.mark.parametrize(
+    ("change", "error"),
+    [
+        ({"name": "CRM!"}, "name must be"),
+        ({"url": "ftp://x/"}, "url must be"),
+        ({"url": "https:///nohost"}, "url must be"),
+        ({"timeout_s": 0}, "timeout_s must be"),
+        ({"timeout_s": 10_000}, "timeout_s must be"),
+        ({"max_attempts": True}, "max_attempts must be"),
+        ({"concurrency": -1}, "concurrency must be"),
+        ({"headers": {"Idempotency-Key": "x"}}, "set by the dispatcher"),
+        ({"headers": {"X-A": "a\r\nInjected: 1"}}, "one line"),
+        ({"headers": ["x"]}, "headers must be a table"),
+        ({"retries": 3}, "unknown key"),
+    ],
+)
+def test_invalid_endpoints_name_the_setting(change: dict[str, object], error: str) -> None:
+    s = webhook_settings([{**CRM, "secret": "k" * 20, **change}])
+    with pytest.raises(ConfigError, match=rf"webhooks\.endpoints\[0\]: .*{error}"):
+        channels_of(s)
+
+
+def test_placeholder_webhook_secrets_are_refused_outside_the_test_stack() -> None:
+    s = webhook_settings([CRM], JOURNEY_WEBHOOKS_SECRETS="crm=change-me")
+    problems = [p for p in insecure_secrets(s, "dispatcher") if "WEBHOOKS" in p]
+    assert problems == [
+        "JOURNEY_WEBHOOKS_SECRETS leaves webhook endpoint(s) crm without a real secret"
+    ]
+    good = webhook_settings([CRM], JOURNEY_WEBHOOKS_SECRETS="crm=" + "k" * 40)
+    assert not [p for p in insecure_secrets(good, "dispatcher") if "WEBHOOKS" in p]
