@@ -284,3 +284,36 @@ def test_placeholder_webhook_secrets_are_refused_outside_the_test_stack() -> Non
     ]
     good = webhook_settings([CRM], JOURNEY_WEBHOOKS_SECRETS="crm=" + "k" * 40)
     assert not [p for p in insecure_secrets(good, "dispatcher") if "WEBHOOKS" in p]
+
+
+def test_a_webhook_only_rule_needs_no_email_address() -> None:
+    from stream.dispatch import outcomes
+    from stream.dispatch.policy import CustomerSignals, screen
+    from stream.dispatch.quiet_hours import QuietHours
+    from tests.builders import NOON, trigger
+
+    no_quiet = QuietHours.parse("00:00", "00:00")
+    t = trigger(email=None)
+    emailed = screen(t, CustomerSignals(), NOON, no_quiet, "UTC")
+    assert emailed is not None and emailed.outcome == outcomes.UNREACHABLE
+    assert screen(t, CustomerSignals(), NOON, no_quiet, "UTC", needs_email=False) is None
+    unsubscribed = screen(t, CustomerSignals(unsubscribed=True), NOON, no_quiet, "UTC", False)
+    assert unsubscribed is not None and unsubscribed.outcome == outcomes.SUPPRESSED_CONSENT
+
+
+def test_the_body_carries_the_trigger_and_what_the_email_template_gets() -> None:
+    from stream.dispatch.render import Renderer
+    from stream.dispatch.webhooks.body import personalisation, request_body
+    from stream.settings import DispatchSettings
+    from tests.builders import trigger
+
+    t = trigger()
+    personal = personalisation(t, Renderer(), DispatchSettings(tracking_secret="k" * 32))
+    body = orjson.loads(request_body(t, personal, 123))
+    assert body["id"] == t.trigger_id and body["decided_at"] == 123
+    assert body["trigger"] == orjson.loads(t.dumps())
+    p = body["personalisation"]
+    assert p["greeting"] == "Hi Ann" and p["cart_value"] == 184.0
+    assert [i["sku"] for i in p["items"]] == ["SKU-1", "SKU-2"]
+    assert p["cart_url"].startswith("http") and p["unsubscribe_url"].startswith("http")
+    assert "open_pixel_url" not in p
