@@ -90,7 +90,7 @@ class WebhookDelivery:
 
     def lease_ms(self, endpoint: Endpoint) -> int:
         # Outlasts the request: an entry is only taken again once its sender is surely gone.
-        return int((endpoint.timeout_s * 2 + 30) * 1000)
+        return int((endpoint.timeout_s * 2 + 10) * 1000)
 
     async def run(self) -> None:
         """Deliver until cancelled; Redis errors are logged and the next round tries again."""
