@@ -334,3 +334,39 @@ def test_a_delivery_interrupted_by_a_crash_is_sent_again_with_the_same_key(
             second.stop()
     finally:
         receiver.stop()
+
+
+NOWHERE = "http://127.0.0.1:9/"
+
+
+@pytest.mark.parametrize(
+    ("endpoint", "secrets", "message"),
+    [
+        ({"name": "sms", "url": NOWHERE}, {"sms": "k" * 32}, "names webhook endpoint 'crm'"),
+        ({"name": "crm", "url": NOWHERE}, {}, "'crm' has no signing secret"),
+    ],
+)
+def test_the_dispatcher_refuses_to_start_with_an_unknown_endpoint_or_no_secret(
+    settings: Settings,
+    redis_server: Any,
+    smtp: SmtpCatcher,
+    tmp_path: Path,
+    endpoint: dict[str, Any],
+    secrets: dict[str, str],
+    message: str,
+) -> None:
+    s = dispatch_settings(settings, redis_server.url, smtp.port)
+    cart = {**DEFAULT_ABANDONMENT[0], "channels": ["webhook"], "webhooks": ["crm"]}
+    s = replace(
+        s,
+        journey=replace(s.journey, abandonment=(cart,)),
+        webhooks=replace(s.webhooks, endpoints=(endpoint,), secrets=secrets),
+    )
+    dispatcher = Dispatcher(s, tmp_path / "refused.log").start()
+    assert dispatcher.proc is not None
+    try:
+        assert dispatcher.proc.wait(120) == 2
+    finally:
+        dispatcher.stop()
+    log = (tmp_path / "refused.log").read_text()
+    assert "configuration error" in log and message in log
