@@ -408,6 +408,34 @@ class AnalyticsSettings:
 
 
 @dataclass(frozen=True)
+class WebhookSettings:
+    """Webhook endpoints follow-up rules post to (``channels = ["webhook"]``); see
+    :mod:`stream.dispatch.webhooks` and docs/operations.md "Webhooks"."""
+
+    #: One table per endpoint: ``name``, ``url``, and optionally ``secret``,
+    #: ``timeout_s``, ``headers``, ``max_attempts``, ``concurrency`` (defaults below).
+    endpoints: tuple[Mapping[str, Any], ...] = ()
+    #: Endpoint name -> signing secret (``JOURNEY_WEBHOOKS_SECRETS="crm=...,sms=..."``);
+    #: wins over an endpoint's own ``secret``.
+    secrets: Mapping[str, str] = field(default_factory=dict)
+    timeout_s: float = 10.0
+    max_attempts: int = 8
+    #: Requests in flight per endpoint and dispatcher process.
+    concurrency: int = 4
+    #: Full-jitter backoff: wait uniform in [0, min(max, backoff * 2**(attempt-1))].
+    retry_backoff_s: float = 1.0
+    retry_backoff_max_s: float = 300.0
+    #: The longest ``Retry-After`` honoured.
+    retry_after_max_s: float = 3600.0
+    #: Consecutive failed requests that open an endpoint's circuit breaker, and how
+    #: long it stays open before one probe request.
+    breaker_failures: int = 5
+    breaker_cooldown_s: float = 30.0
+    #: How often the outbox is polled for due deliveries.
+    poll_s: float = 0.5
+
+
+@dataclass(frozen=True)
 class SecuritySettings:
     """Checks on secrets at start (see :mod:`stream.security`)."""
 
@@ -429,6 +457,7 @@ class Settings:
     pos: PosSettings = field(default_factory=PosSettings)
     dispatch: DispatchSettings = field(default_factory=DispatchSettings)
     analytics: AnalyticsSettings = field(default_factory=AnalyticsSettings)
+    webhooks: WebhookSettings = field(default_factory=WebhookSettings)
     security: SecuritySettings = field(default_factory=SecuritySettings)
     #: The settings file these were loaded from (None: built in code).
     source: ConfigFile | None = field(default=None, compare=False)
@@ -543,6 +572,8 @@ def as_dict(settings: Settings) -> dict[str, Any]:
                 section[key] = "***"
             elif key == "api_tokens" and value:
                 section[key] = {f"***{i}": role for i, role in enumerate(value.values(), 1)}
+            elif key == "endpoints" and value:
+                section[key] = [{**e, "secret": "***"} if e.get("secret") else e for e in value]
             elif key == "url" and isinstance(value, str):
                 section[key] = mask_url(value)
     return out

@@ -33,6 +33,7 @@ from stream.dispatch.render import Renderer
 from stream.dispatch.schedule import Schedule
 from stream.dispatch.signals import SignalProgress, SignalRecorder
 from stream.dispatch.smtp import SmtpSender
+from stream.dispatch.webhooks.wiring import build_webhooks
 from stream.observability import metrics as m
 from stream.settings import Settings, templates_in_use
 from stream.triggers.holdout import Holdouts
@@ -139,19 +140,35 @@ def build_dispatcher_app(settings: Settings) -> faust.App:
     lease = InstanceLease(
         client, keys, d.instance_id or socket.gethostname(), int(d.instance_lease_s * 1000)
     )
+    renderer = Renderer(d.templates_dir or None)
+    # Refuses to start on a rule naming an unknown endpoint or an endpoint without a secret.
+    webhooks, webhook_delivery = build_webhooks(settings, client, keys.prefix, renderer, outbox)
     dispatcher = Dispatcher(
         settings,
         Guards(client, keys, lease),
         Schedule(client, keys),
         SignalProgress(client, keys, t.resolved, t.partitions, end_offsets),
-        Renderer(d.templates_dir or None),
+        renderer,
         SmtpSender(settings.smtp, d.smtp_timeout_s),
         outbox,
         holdouts=Holdouts(
             rule_holdouts(settings.journey.abandonment, settings.journey.followups),
             d.holdout_salt,
         ),
+        webhooks=webhooks,
     )
+    if webhook_delivery is not None:
+        delivery = webhook_delivery
+
+        @app.task
+        async def deliver_webhooks() -> None:
+            # Beside the trigger agent: a slow endpoint never holds up a decision or an email.
+            await delivery.run()
+
+        async def close_webhooks(sender: Any, /, *args: Any, signal: Any, **kwargs: Any) -> None:
+            await delivery.close()
+
+        app.on_before_shutdown.connect(close_webhooks)
 
     inflight = InFlight(d.max_in_flight)
     m.DISPATCH_IN_FLIGHT.set_function(lambda: inflight.count)

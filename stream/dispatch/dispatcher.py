@@ -38,8 +38,10 @@ from stream.dispatch.render import Renderer, RenderError
 from stream.dispatch.schedule import Schedule
 from stream.dispatch.signals import SignalProgress
 from stream.dispatch.smtp import SendError, SmtpSender
+from stream.dispatch.webhooks.channel import WebhookChannel
 from stream.observability import metrics as m
 from stream.settings import Settings
+from stream.triggers.channels import EMAIL_ONLY
 from stream.triggers.holdout import Holdouts
 from stream.triggers.trigger import Trigger
 
@@ -79,6 +81,7 @@ class Dispatcher:
         clock: Callable[[], float] = time.time,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
         holdouts: Holdouts | None = None,
+        webhooks: WebhookChannel | None = None,
     ) -> None:
         self.settings = settings
         self.config = settings.dispatch
@@ -91,6 +94,7 @@ class Dispatcher:
         self.clock = clock
         self.sleep = sleep
         self.holdouts = holdouts or Holdouts()
+        self.webhooks = webhooks
         self.quiet = QuietHours.parse(self.config.quiet_start, self.config.quiet_end)
 
     def now_ms(self) -> int:
@@ -187,7 +191,10 @@ class Dispatcher:
 
         signals = await self.guards.signals(trigger)
         now = self.now_ms()
-        decision = screen(trigger, signals, now, self.quiet, cfg.default_timezone)
+        route = self.webhooks.route(trigger.rule) if self.webhooks else EMAIL_ONLY
+        decision = screen(
+            trigger, signals, now, self.quiet, cfg.default_timezone, needs_email=route.email
+        )
         if decision is not None and decision.outcome == outcomes.DELAYED_QUIET_HOURS:
             assert decision.release_at is not None
             await self.schedule.put(tid, raw, decision.release_at, now, claim_ttl_ms)
@@ -213,7 +220,7 @@ class Dispatcher:
             if self.guards.lease is not None:
                 # Paused past the lease, another process may be this instance now.
                 await self.guards.lease.check()
-            msg_id = await self._send(trigger, now)
+            msg_id, how = await self._send_channels(trigger, raw, now)
         except BaseException:
             with contextlib.suppress(redis.exceptions.RedisError):
                 await self.guards.give_back_cap_slot(customer, CHANNEL, tid)
@@ -221,9 +228,25 @@ class Dispatcher:
         if trigger.fired_at:
             m.TRIGGER_TO_SEND.observe(max(0.0, self.clock() - trigger.fired_at / 1000))
         await self._after_send(trigger, released)
-        return await self._publish(
-            trigger, outcomes.SENT, "accepted by the SMTP relay", message_id=msg_id
-        )
+        return await self._publish(trigger, outcomes.SENT, how, message_id=msg_id)
+
+    async def _send_channels(
+        self, trigger: Trigger, raw: bytes, now: int
+    ) -> tuple[str | None, str]:
+        """Send a decided trigger through its rule's channels: (email message id, how).
+
+        Webhooks are queued first (idempotent, delivered beside this agent), so
+        retrying a failed email never queues them twice; a webhook-only rule sends no email.
+        """
+        route = self.webhooks.route(trigger.rule) if self.webhooks else EMAIL_ONLY
+        queued = ""
+        if self.webhooks is not None and route.webhooks:
+            await self.webhooks.queue(trigger, raw, route, now)
+            queued = f"queued for webhook {', '.join(route.webhooks)}"
+        if not route.email:
+            return None, queued
+        msg_id = await self._send(trigger, now)
+        return msg_id, "; ".join(filter(None, ("accepted by the SMTP relay", queued)))
 
     async def _send(self, trigger: Trigger, now: int) -> str:
         cfg = self.config

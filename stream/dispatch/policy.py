@@ -58,8 +58,12 @@ def screen(
     now_ms: int,
     quiet: QuietHours,
     default_timezone: str,
+    needs_email: bool = True,
 ) -> Screen | None:
-    """None when the trigger may be sent now (subject to the frequency cap)."""
+    """None when the trigger may be sent now (subject to the frequency cap).
+
+    ``needs_email``: the rule sends email (a webhook-only rule needs no address).
+    """
     if signals.erased_at is not None and trigger.event_at <= signals.erased_at:
         return Screen(outcomes.ERASED, "the customer's journey was erased after this event")
     if signals.unsubscribed:
@@ -75,7 +79,7 @@ def screen(
             outcomes.CANCELLED_PURCHASED,
             f"purchase at {signals.purchased_at} after the wait began at {trigger.event_at}",
         )
-    if not trigger.email:
+    if needs_email and not trigger.email:
         return Screen(outcomes.UNREACHABLE, "no email address")
     zone = zone_of(trigger.timezone, default_timezone)
     release = quiet.release_at(now_ms, zone)

@@ -192,3 +192,24 @@ DISPATCH_SCHEDULED = Gauge(
     "journey_dispatch_scheduled",
     "Follow-ups waiting in the quiet-hours schedule (Redis sorted set).",
 )
+WEBHOOK_REQUESTS = Counter(
+    "journey_webhook_requests_total",
+    "Webhook requests by endpoint and result: ok, client_error, server_error, "
+    "rate_limited, timeout, connection_error.",
+    ["endpoint", "result"],
+)
+WEBHOOK_DELIVERIES = Counter(
+    "journey_webhook_deliveries_total",
+    "Webhook deliveries finished, by endpoint and result: delivered, dead_lettered.",
+    ["endpoint", "result"],
+)
+WEBHOOK_BREAKER = Gauge(
+    "journey_webhook_breaker_state",
+    "Circuit breaker of each webhook endpoint: 0 closed, 1 half-open, 2 open.",
+    ["endpoint"],
+)
+WEBHOOK_PENDING = Gauge(
+    "journey_webhook_pending",
+    "Webhook deliveries queued in Redis per endpoint (due or waiting for a retry).",
+    ["endpoint"],
+)

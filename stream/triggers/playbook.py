@@ -11,6 +11,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from stream.triggers.channels import parse_route
 from stream.triggers.holdout import check_fraction
 
 #: What must hold for an abandonment wait to stay open.
@@ -114,6 +115,7 @@ def parse_playbook(
         wait_s = raw.get("wait_s")
         if not isinstance(wait_s, int | float) or wait_s <= 0:
             raise ValueError(f"{where}: wait_s must be a positive number of seconds")
+        parse_route(raw, where)
         start = _types(raw, "start", where)
         if not start:
             raise ValueError(f"{where}: start must name at least one event type")
@@ -141,6 +143,7 @@ def parse_playbook(
             raise ValueError(f"{where}: duplicate rule name {name!r}")
         names.add(name)
         holdout = check_fraction(raw.get("holdout", 0.0), where)
+        parse_route(raw, where)
         if isinstance(to_stage, str) and to_stage.startswith("$"):
             if to_stage[1:] not in roles:
                 raise ValueError(f"{where}: unknown role {to_stage!r} (use $purchase or $loyalty)")
