@@ -145,7 +145,7 @@ def webhook_settings(
     settings: Settings, redis_url: str, smtp_port: int, endpoints: list[dict[str, Any]]
 ) -> Settings:
     s = dispatch_settings(settings, redis_url, smtp_port)
-    cart = {**DEFAULT_ABANDONMENT[0], "channels": ["email", "webhook"]}
+    cart = {**DEFAULT_ABANDONMENT[0], "channels": ["email", "webhook"], "holdout": 0.0}
     cart["webhooks"] = [e["name"] for e in endpoints]
     s = replace(
         s,
@@ -356,7 +356,7 @@ def test_the_dispatcher_refuses_to_start_with_an_unknown_endpoint_or_no_secret(
     message: str,
 ) -> None:
     s = dispatch_settings(settings, redis_server.url, smtp.port)
-    cart = {**DEFAULT_ABANDONMENT[0], "channels": ["webhook"], "webhooks": ["crm"]}
+    cart = {**DEFAULT_ABANDONMENT[0], "channels": ["webhook"], "webhooks": ["crm"], "holdout": 0.0}
     s = replace(
         s,
         journey=replace(s.journey, abandonment=(cart,)),
