@@ -241,6 +241,9 @@ def test_an_endpoint_takes_its_secret_from_the_environment_and_defaults() -> Non
     assert (crm.timeout_s, crm.max_attempts, crm.concurrency) == (10.0, 8, 4)
     assert crm.headers == (("X-Tenant", "eu"),)
     assert as_dict(s)["webhooks"]["secrets"] == "***"
+    inline = webhook_settings([{**CRM, "secret": "inline-k3y"}])
+    assert channels_of(inline)[1]["crm"].secret == "inline-k3y"
+    assert "inline-k3y" not in str(as_dict(inline))
 
 
 def test_an_endpoint_without_a_secret_refuses_to_start() -> None:
