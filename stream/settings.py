@@ -226,6 +226,7 @@ DEFAULT_ABANDONMENT: tuple[Mapping[str, Any], ...] = (
         "cancel": ["checkout_started", "purchase", "pos_purchase"],
         "wait_s": 1800,
         "template": "cart_abandoned",
+        "holdout": 0.1,
     },
     {
         "name": "checkout",
@@ -234,6 +235,7 @@ DEFAULT_ABANDONMENT: tuple[Mapping[str, Any], ...] = (
         "cancel": ["purchase", "pos_purchase"],
         "wait_s": 900,
         "template": "checkout_abandoned",
+        "holdout": 0.1,
     },
     {
         "name": "browse",
@@ -244,11 +246,24 @@ DEFAULT_ABANDONMENT: tuple[Mapping[str, Any], ...] = (
         "cancel": ["add_to_cart", "checkout_started", "purchase", "pos_purchase"],
         "wait_s": 3600,
         "template": "browse_abandoned",
+        "holdout": 0.1,
     },
 )
 DEFAULT_FOLLOWUPS: tuple[Mapping[str, Any], ...] = (
-    {"name": "welcome", "to_stage": "$purchase", "template": "welcome", "first_time": True},
-    {"name": "thank_you", "to_stage": "$loyalty", "template": "thank_you", "first_time": True},
+    {
+        "name": "welcome",
+        "to_stage": "$purchase",
+        "template": "welcome",
+        "first_time": True,
+        "holdout": 0.0,
+    },
+    {
+        "name": "thank_you",
+        "to_stage": "$loyalty",
+        "template": "thank_you",
+        "first_time": True,
+        "holdout": 0.0,
+    },
 )
 
 
@@ -343,6 +358,12 @@ class DispatchSettings:
     #: the same name ("": the packaged templates only).
     templates_dir: str = ""
     smtp_timeout_s: float = 10.0
+    #: Triggers decided at once (one journey key's still one after another, in
+    #: order); input offsets are committed only below the oldest one undecided.
+    max_in_flight: int = 32
+    #: Salt of the control-group hash (a rule's ``holdout``): the same salt keeps
+    #: every customer on the same side; a new one draws a new split.
+    holdout_salt: str = "journey-holdout"
 
 
 @dataclass(frozen=True)

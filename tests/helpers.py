@@ -60,9 +60,15 @@ def isolated_settings(broker_url: str, unique: str, tmp_path: Path) -> Settings:
         "links": f"journey.links-{unique}",
         "partitions": 4,
     }
+    shipped = load_settings(environ={}).journey
     return load_settings(
         environ={},
         overrides={
+            # Every customer gets every follow-up unless a test sets a holdout itself.
+            "journey": {
+                "abandonment": [{**r, "holdout": 0.0} for r in shipped.abandonment],
+                "followups": [{**f, "holdout": 0.0} for f in shipped.followups],
+            },
             "broker": {"url": broker_url},
             "topics": t,
             "worker": {

@@ -13,5 +13,6 @@ Where each job lives:
 - ``signals``      purchases and unsubscribes from ``touchpoints.resolved`` into Redis
 - ``smtp``         sending through an SMTP relay
 - ``dispatcher``   the steps for one trigger, retries, outcomes and dead letters
+- ``inflight``     triggers decided concurrently: bounded, one key in order, acks in order
 - ``app``          the Faust shell: agents, timer, /metrics and /ready
 """

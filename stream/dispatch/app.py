@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import socket
 from dataclasses import replace
@@ -26,6 +27,7 @@ from stream.defaults import template_files
 from stream.dispatch.dispatcher import Dispatcher
 from stream.dispatch.erase import Eraser
 from stream.dispatch.guards import Guards, InstanceLease, Keys, LeaseLost
+from stream.dispatch.inflight import InFlight
 from stream.dispatch.outcomes import OutcomeRecord
 from stream.dispatch.render import Renderer
 from stream.dispatch.schedule import Schedule
@@ -33,6 +35,8 @@ from stream.dispatch.signals import SignalProgress, SignalRecorder
 from stream.dispatch.smtp import SmtpSender
 from stream.observability import metrics as m
 from stream.settings import Settings, templates_in_use
+from stream.triggers.holdout import Holdouts
+from stream.triggers.playbook import rule_holdouts
 
 log = logging.getLogger(__name__)
 
@@ -143,7 +147,21 @@ def build_dispatcher_app(settings: Settings) -> faust.App:
         Renderer(d.templates_dir or None),
         SmtpSender(settings.smtp, d.smtp_timeout_s),
         outbox,
+        holdouts=Holdouts(
+            rule_holdouts(settings.journey.abandonment, settings.journey.followups),
+            d.holdout_salt,
+        ),
     )
+
+    inflight = InFlight(d.max_in_flight)
+    m.DISPATCH_IN_FLIGHT.set_function(lambda: inflight.count)
+
+    async def finish_in_flight(sender: Any, /, *args: Any, signal: Any, **kwargs: Any) -> None:
+        # Decisions under way end (and are acked, so committed) before the consumer stops.
+        if not await inflight.drain(d.smtp_timeout_s + 5.0):
+            log.warning("%d triggers still in flight at shutdown; re-read at start", inflight.count)
+
+    app.on_before_shutdown.connect(finish_in_flight)
 
     async def close_end_offsets(sender: Any, /, *args: Any, signal: Any, **kwargs: Any) -> None:
         # Its consumer is started on the first purchase re-check; unclosed, aiokafka
@@ -194,8 +212,17 @@ def build_dispatcher_app(settings: Settings) -> faust.App:
 
     @app.agent(triggers, name="dispatch")
     async def dispatch(stream: faust.StreamT) -> None:
-        async for event in stream.events():
-            await dispatcher.on_trigger(event.value, source_headers(event))
+        # Acks are InFlight's: each event is acked once it and every earlier one of its
+        # partition are decided, so commits never pass an undecided trigger.
+        manual = stream.noack()  # type: ignore[attr-defined]  # Stream has it, StreamT not
+        async for event in manual.events():
+            msg = event.message
+            await inflight.submit(
+                key=msg.key if msg.key is not None else msg.tp,
+                partition=msg.tp,
+                work=functools.partial(dispatcher.on_trigger, event.value, source_headers(event)),
+                ack=event.ack,
+            )
 
     @app.agent(resolved, name="signals")
     async def signals(stream: faust.StreamT) -> None:

@@ -40,6 +40,7 @@ from stream.dispatch.signals import SignalProgress
 from stream.dispatch.smtp import SendError, SmtpSender
 from stream.observability import metrics as m
 from stream.settings import Settings
+from stream.triggers.holdout import Holdouts
 from stream.triggers.trigger import Trigger
 
 log = logging.getLogger(__name__)
@@ -77,6 +78,7 @@ class Dispatcher:
         outbox: Outbox,
         clock: Callable[[], float] = time.time,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+        holdouts: Holdouts | None = None,
     ) -> None:
         self.settings = settings
         self.config = settings.dispatch
@@ -88,6 +90,7 @@ class Dispatcher:
         self.outbox = outbox
         self.clock = clock
         self.sleep = sleep
+        self.holdouts = holdouts or Holdouts()
         self.quiet = QuietHours.parse(self.config.quiet_start, self.config.quiet_end)
 
     def now_ms(self) -> int:
@@ -196,6 +199,13 @@ class Dispatcher:
 
         customer = customer_of(trigger)
         window_ms = int(cfg.cap_window_s * 1000)
+        if self.holdouts.held_out(trigger.rule, customer):
+            # The control group: the cap applies as it would to a send, but no slot is taken.
+            if await self.guards.cap_reached(customer, CHANNEL, now, window_ms, cfg.cap_max):
+                reason = f"{cfg.cap_max} {CHANNEL} follow-ups within {cfg.cap_window_s:g}s"
+                return await self._settle(trigger, released, outcomes.CAPPED, reason)
+            reason = f"in the control group of rule {trigger.rule!r}"
+            return await self._settle(trigger, released, outcomes.HELD_OUT, reason)
         if not await self.guards.take_cap_slot(customer, CHANNEL, tid, now, window_ms, cfg.cap_max):
             reason = f"{cfg.cap_max} {CHANNEL} follow-ups within {cfg.cap_window_s:g}s"
             return await self._settle(trigger, released, outcomes.CAPPED, reason)

@@ -15,7 +15,11 @@ The dispatcher runs its checks in this order, each for a reason:
    to open, and it is screened again (consent, purchase) when released;
 7. frequency cap (Redis, atomic, in ``guards``): last before the send, so a
    slot is only taken by an email that actually goes now; a delayed trigger
-   does not hold a slot overnight, and a failed send gives its slot back.
+   does not hold a slot overnight, and a failed send gives its slot back;
+8. control group (:mod:`stream.triggers.holdout`, in ``dispatcher``): a
+   customer the rule holds out has passed every check above (the cap only
+   read, no slot taken) and ends ``held_out`` instead of being sent, so the
+   treated and the control customers differ in the send alone.
 """
 
 from __future__ import annotations

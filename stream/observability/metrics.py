@@ -168,7 +168,8 @@ EVENT_TO_TRIGGER = Histogram(
 DISPATCH_OUTCOMES = Counter(
     "journey_dispatch_outcomes_total",
     "Dispatcher decisions per trigger: sent, deduplicated, suppressed_consent, capped, "
-    "delayed_quiet_hours, cancelled_purchased, unreachable, failed.",
+    "delayed_quiet_hours, cancelled_purchased, unreachable, failed, erased, held_out "
+    "(in the rule's control group: every check passed, not sent).",
     ["rule", "outcome"],
 )
 DISPATCH_ERRORS = Counter(
@@ -181,6 +182,11 @@ TRIGGER_TO_SEND = Histogram(
     "Wall time from trigger emission to the email being accepted by the SMTP server "
     "(includes quiet-hours delays).",
     buckets=(0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60, 300, 3600, 43200),
+)
+DISPATCH_IN_FLIGHT = Gauge(
+    "journey_dispatch_in_flight",
+    "Triggers being decided at once (at most dispatch.max_in_flight), waiting for their "
+    "customer's earlier trigger included.",
 )
 DISPATCH_SCHEDULED = Gauge(
     "journey_dispatch_scheduled",
