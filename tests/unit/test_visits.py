@@ -15,6 +15,7 @@ from stream.journey import rules
 from stream.journey.stages import DAY_MS, StageModel, load_model, with_visits
 from stream.journey.state import JourneyState
 from stream.journey.visits import VisitClosed, VisitOpened, VisitTouched
+from tests.builders import touchpoint
 
 WEEK = 7 * 86_400
 FIVE = with_visits(load_model("five-stage"), WEEK, "page_type", "context.platform")
@@ -25,26 +26,11 @@ HOUR = 3_600_000
 END = 2**62
 
 
-def ev(
-    event_id: str,
-    type_: str,
-    at: int,
-    *,
-    customer: str | None = "c-1",
-    anon: str | None = None,
-    channel: str = "web",
-    platform: str | None = None,
-    **props: Any,
-) -> Touchpoint:
-    return Touchpoint(
-        event_id=event_id,
-        type=type_,
-        channel=channel,
-        timestamp=at,
-        customer_id=customer,
-        anonymous_id=anon,
-        properties=props,
-        context={"platform": platform} if platform else {},
+def ev(event_id: str, type_: str, at: int, *, platform: str | None = None, **kw: Any) -> Touchpoint:
+    """A touchpoint of customer c-1, from ``platform`` when given."""
+    kw.setdefault("customer", "c-1")
+    return touchpoint(
+        event_id, type_, at, context={"platform": platform} if platform else None, **kw
     )
 
 
