@@ -285,7 +285,6 @@ def test_engine_under_kills_and_pauses_equals_the_oracle(
     services: list[Service] = [*workers, dispatcher, collector, pos]
     chaos = Faults({"worker-1": workers[0], "worker-2": workers[1], "dispatcher": dispatcher})
     stop_load = threading.Event()
-    shoppers: Shoppers | None = None
     try:
         for service in services:
             service.start()
