@@ -6,13 +6,14 @@ STAMP := $(VENV)/.installed
 ARGS ?=
 PYTEST_ARGS ?=
 
-.PHONY: help venv system-deps demo test test-unit test-fast test-integration check lint format bench clean
+.PHONY: help venv system-deps demo test test-unit test-fast test-integration chaos check lint format bench clean
 
 help:
 	@echo "make demo   - run the engine embedded with simulated shoppers (ARGS='--duration 90')"
 	@echo "make test   - run the whole test suite (unit + integration + e2e)"
 	@echo "make test-unit - the pure core's tests only (no broker, Redis or browser)"
 	@echo "make test-fast - everything but the tests marked slow (kills, scale-out, demo, deployment)"
+	@echo "make chaos  - the chaos test long: kills and pauses under load vs the oracle (SEED=n CHAOS_S=600)"
 	@echo "make check  - what CI checks beyond the tests: compose file, Prometheus config, lint"
 	@echo "make lint   - ruff, mypy on stream/ and the import contracts"
 	@echo "make bench  - throughput benchmark (loadtest/results/bench.json)"
@@ -51,6 +52,14 @@ test-fast: $(STAMP) system-deps $(NODE_CLIENTS)/node_modules/.installed
 
 test-integration: $(STAMP) system-deps $(NODE_CLIENTS)/node_modules/.installed
 	$(BIN)/python -m pytest -q tests/integration tests/e2e $(PYTEST_ARGS)
+
+# The chaos test of `make test` (a fixed seed, 75 s of faults) run long with a fresh seed;
+# SEED=n CHAOS_S=s reproduce a run (both are printed at its start).
+SEED ?= $(shell date +%s)
+CHAOS_S ?= 600
+chaos: $(STAMP)
+	CHAOS_SEED=$(SEED) CHAOS_S=$(CHAOS_S) $(BIN)/python -m pytest -q -s \
+		tests/integration/test_chaos.py $(PYTEST_ARGS)
 
 # docker-compose.yml requires its secrets; placeholders stand in for the syntax check.
 COMPOSE_CHECK_ENV := REDIS_PASSWORD=x JOURNEY_DISPATCH_TRACKING_SECRET=x GRAFANA_ADMIN_PASSWORD=x \
