@@ -1,0 +1,218 @@
+"""``python -m loadtest.dispatch``: follow-ups decided and delivered per second by one
+dispatcher, concurrent beside one at a time, in one run.
+
+On the embedded broker, a real Redis server and an SMTP catcher that takes
+``--relay-ms`` (50 ms) to answer each message, ``journey dispatcher`` (a child
+process, every Redis guard on: claim, consent and purchase signals, quiet hours,
+frequency cap) reads a backlog of cart triggers for distinct customers, first
+with ``dispatch.max_in_flight`` 1 (one trigger at a time), then with
+``--max-in-flight`` (default: the setting's default). Each figure is measured
+between the first and the last of its run: triggers decided per second from
+the outcomes' decision times on ``journey.dispatch``, emails delivered per
+second from the catcher's arrival times. Results go to stdout and to
+``loadtest/results/dispatch.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import orjson
+from kafka import KafkaProducer
+
+from stream.embedded import EmbeddedBroker, EmbeddedRedis, SmtpCatcher, free_port
+from stream.settings import DispatchSettings, Settings, load_settings, to_environ
+from stream.topics import ensure_topics, read_topic
+from stream.triggers.trigger import ABANDONMENT, Trigger, TriggerItem
+
+ROOT = Path(__file__).resolve().parent.parent
+RESULTS = ROOT / "loadtest" / "results" / "dispatch.json"
+
+
+class SlowRelay(SmtpCatcher):
+    """The SMTP catcher answering each message after ``delay_s``, noting arrival times."""
+
+    def __init__(self, maildir: Path, delay_s: float) -> None:
+        super().__init__(maildir)
+        self.delay_s = delay_s
+        self.arrivals: list[float] = []
+
+    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
+        await asyncio.sleep(self.delay_s)
+        answer = await super().handle_DATA(server, session, envelope)
+        self.arrivals.append(time.time())
+        return answer
+
+
+def triggers(run_id: str, n: int) -> list[Trigger]:
+    now = int(time.time() * 1000)
+    return [
+        Trigger(
+            trigger_id=f"{run_id}-{i}",
+            rule="cart",
+            kind=ABANDONMENT,
+            template="cart_abandoned",
+            journey_key=f"{run_id}-c{i}",
+            customer_id=f"{run_id}-c{i}",
+            email=f"c{i}@example.com",
+            stage="decision",
+            deadline=now - 60_000,
+            event_at=now - 3_600_000,
+            ref="cart-1",
+            cause_event_id=f"e-{i}",
+            cart_id="cart-1",
+            items=(TriggerItem("SKU-1", "Trail Shoe", 89.5, 1),),
+            value=89.5,
+            currency="EUR",
+            first_name="Ann",
+            timezone="UTC",
+            fired_at=now,
+        )
+        for i in range(n)
+    ]
+
+
+def run_settings(base: Settings, run_id: str, relay: SlowRelay, max_in_flight: int) -> Settings:
+    t = {
+        name: f"{getattr(base.topics, name)}-{run_id}"
+        for name in ("triggers", "resolved", "dispatch", "dispatch_dlq")
+    }
+    return replace(
+        base,
+        topics=replace(base.topics, **t),
+        worker=replace(base.worker, app_id=f"bench-{run_id}"),
+        smtp=replace(base.smtp, host=relay.host, port=relay.port),
+        journey=replace(
+            base.journey,
+            # Every customer is sent to: the control group would only thin the figure.
+            abandonment=tuple({**r, "holdout": 0.0} for r in base.journey.abandonment),
+        ),
+        dispatch=replace(
+            base.dispatch,
+            key_prefix=f"bench-{run_id}:",
+            web_port=free_port(),
+            instance_id=f"bench-{run_id}",
+            quiet_start="00:00",
+            quiet_end="00:00",
+            cap_max=1000,
+            tracking_secret=uuid.uuid4().hex,
+            max_in_flight=max_in_flight,
+        ),
+    )
+
+
+def run(
+    base: Settings, relay: SlowRelay, n: int, max_in_flight: int, workdir: Path, timeout: float
+) -> dict[str, Any]:
+    run_id = uuid.uuid4().hex[:6]
+    settings = run_settings(base, run_id, relay, max_in_flight)
+    ensure_topics(settings)
+    producer = KafkaProducer(bootstrap_servers=settings.broker.bootstrap, acks="all")
+    for t in triggers(run_id, n):
+        producer.send(settings.topics.triggers, key=t.journey_key.encode(), value=t.dumps())
+    producer.flush()
+    producer.close()
+    relay.arrivals.clear()
+    delivered_before = len(relay.received())
+    log = (workdir / f"dispatcher-{max_in_flight}.log").open("wb")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "stream.cli", "dispatcher", "--log-level", "warning"],
+        cwd=ROOT,
+        env={**os.environ, **to_environ(settings)},
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    deadline = time.monotonic() + timeout
+    try:
+        while len(relay.received()) - delivered_before < n:
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(
+                    f"dispatcher (max_in_flight={max_in_flight}) delivered "
+                    f"{len(relay.received()) - delivered_before} of {n}; see {log.name}"
+                )
+            time.sleep(0.2)
+    finally:
+        proc.terminate()
+        proc.wait(30)
+        log.close()
+    outcomes = [
+        orjson.loads(r.value)
+        for r in read_topic(settings.broker.bootstrap, settings.topics.dispatch)
+    ]
+    at = sorted(o["at"] for o in outcomes)
+    sent = sum(o["outcome"] == "sent" for o in outcomes)
+    arrivals = sorted(relay.arrivals)
+    return {
+        "max_in_flight": max_in_flight,
+        "triggers": n,
+        "sent": sent,
+        "decided_per_s": round((len(at) - 1) / max((at[-1] - at[0]) / 1000, 1e-9), 1),
+        "delivered_per_s": round((len(arrivals) - 1) / max(arrivals[-1] - arrivals[0], 1e-9), 1),
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m loadtest.dispatch",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--relay-ms", type=float, default=50.0)
+    parser.add_argument("--max-in-flight", type=int, default=DispatchSettings.max_in_flight)
+    parser.add_argument("--triggers", type=int, default=2000, help="concurrent run")
+    parser.add_argument("--serial-triggers", type=int, default=200, help="one-at-a-time run")
+    parser.add_argument("--timeout", type=float, default=600.0)
+    parser.add_argument("--out", type=Path, default=RESULTS)
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING)
+    logging.getLogger("kafka").setLevel(logging.ERROR)
+
+    workdir = Path(tempfile.mkdtemp(prefix="journey-bench-dispatch-"))
+    broker = EmbeddedBroker(log_path=workdir / "broker.log").start()
+    redis = EmbeddedRedis(dir=workdir / "redis").start()
+    relay = SlowRelay(workdir / "mail", args.relay_ms / 1000).start()
+    try:
+        base = load_settings(environ={}).with_broker(broker.url)
+        base = replace(
+            base,
+            redis=replace(base.redis, url=redis.url),
+            # A loopback stack of its own, as the tests and the demo run.
+            security=replace(base.security, allow_default_secrets=True),
+        )
+        serial = run(base, relay, args.serial_triggers, 1, workdir, args.timeout)
+        print(json.dumps(serial), flush=True)
+        concurrent = run(base, relay, args.triggers, args.max_in_flight, workdir, args.timeout)
+        print(json.dumps(concurrent), flush=True)
+    finally:
+        relay.stop()
+        redis.stop()
+        broker.stop()
+    result = {
+        "relay_ms": args.relay_ms,
+        "one_at_a_time": serial,
+        "concurrent": concurrent,
+        "speedup_decided": round(concurrent["decided_per_s"] / serial["decided_per_s"], 1),
+        "speedup_delivered": round(concurrent["delivered_per_s"] / serial["delivered_per_s"], 1),
+        "machine": {"cpus": os.cpu_count(), "python": platform.python_version()},
+    }
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=2) + "\n")
+    print(json.dumps(result, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
