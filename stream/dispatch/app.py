@@ -139,13 +139,14 @@ def build_dispatcher_app(settings: Settings) -> faust.App:
     lease = InstanceLease(
         client, keys, d.instance_id or socket.gethostname(), int(d.instance_lease_s * 1000)
     )
+    relay = SmtpSender(settings.smtp, d.smtp_timeout_s, pool_size=d.max_in_flight)
     dispatcher = Dispatcher(
         settings,
         Guards(client, keys, lease),
         Schedule(client, keys),
         SignalProgress(client, keys, t.resolved, t.partitions, end_offsets),
         Renderer(d.templates_dir or None),
-        SmtpSender(settings.smtp, d.smtp_timeout_s),
+        relay,
         outbox,
         holdouts=Holdouts(
             rule_holdouts(settings.journey.abandonment, settings.journey.followups),
@@ -160,6 +161,7 @@ def build_dispatcher_app(settings: Settings) -> faust.App:
         # Decisions under way end (and are acked, so committed) before the consumer stops.
         if not await inflight.drain(d.smtp_timeout_s + 5.0):
             log.warning("%d triggers still in flight at shutdown; re-read at start", inflight.count)
+        await relay.close()
 
     app.on_before_shutdown.connect(finish_in_flight)
 
