@@ -10,7 +10,7 @@ meanwhile is replaced before use; a failure closes the connection and is a
 from __future__ import annotations
 
 import socket
-from email.message import EmailMessage
+from email.message import Message
 from email.utils import getaddresses, parseaddr
 
 import aiosmtplib
@@ -46,7 +46,7 @@ class SmtpSender:
         await client.connect()
         return client
 
-    async def send(self, message: EmailMessage) -> None:
+    async def send(self, message: Message) -> None:
         """Return once the relay accepted ``message``; :class:`SendError` otherwise."""
         s = self.smtp
         # Flattened with the message's own policy: aiosmtplib's would fold and
