@@ -75,10 +75,11 @@ def cmd_topics(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def use_uvloop() -> None:
-    """Run the worker on uvloop when it is installed (a dependency except on Windows).
+    """Run the worker and the dispatcher on uvloop when installed (a dependency except on Windows).
 
     Faust supports it, and it cuts the event loop's share of the per-message
-    cost (see docs/performance.md, "Where a worker's time goes").
+    cost (see docs/performance.md, "Where a worker's time goes" and "The
+    dispatcher").
     """
     try:
         import uvloop
@@ -135,6 +136,7 @@ def cmd_dispatcher(args: argparse.Namespace, settings: Settings) -> int:
         settings = replace(settings, dispatch=replace(settings.dispatch, web_port=args.web_port))
     require_secrets(settings, "dispatcher")
     ensure_topics(settings)
+    use_uvloop()
     app = build_dispatcher_app(settings)
     worker = Worker(app, loglevel=args.log_level, redirect_stdouts=False)
     quiet_client_logs(args.log_level)
