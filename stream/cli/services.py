@@ -24,10 +24,11 @@ def quiet_client_logs(level: str) -> None:
 
 
 def use_uvloop() -> None:
-    """Run the worker on uvloop when it is installed (a dependency except on Windows).
+    """Run the worker and the dispatcher on uvloop when installed (not on Windows).
 
     Faust supports it, and it cuts the event loop's share of the per-message
-    cost (see docs/performance.md, "Where a worker's time goes").
+    cost (see docs/performance.md, "Where a worker's time goes" and "The
+    dispatcher").
     """
     try:
         import uvloop
@@ -84,6 +85,7 @@ def cmd_dispatcher(args: argparse.Namespace, settings: Settings) -> int:
         settings = replace(settings, dispatch=replace(settings.dispatch, web_port=args.web_port))
     require_secrets(settings, "dispatcher")
     ensure_topics(settings)
+    use_uvloop()
     app = build_dispatcher_app(settings)
     worker = Worker(app, loglevel=args.log_level, redirect_stdouts=False)
     quiet_client_logs(args.log_level)

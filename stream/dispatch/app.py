@@ -143,13 +143,14 @@ def build_dispatcher_app(settings: Settings) -> faust.App:
     renderer = Renderer(d.templates_dir or None)
     # Refuses to start on a rule naming an unknown endpoint or an endpoint without a secret.
     webhooks, webhook_delivery = build_webhooks(settings, client, keys.prefix, renderer, outbox)
+    relay = SmtpSender(settings.smtp, d.smtp_timeout_s, pool_size=d.max_in_flight)
     dispatcher = Dispatcher(
         settings,
         Guards(client, keys, lease),
         Schedule(client, keys),
         SignalProgress(client, keys, t.resolved, t.partitions, end_offsets),
         renderer,
-        SmtpSender(settings.smtp, d.smtp_timeout_s),
+        relay,
         outbox,
         holdouts=Holdouts(
             rule_holdouts(settings.journey.abandonment, settings.journey.followups),
@@ -177,6 +178,7 @@ def build_dispatcher_app(settings: Settings) -> faust.App:
         # Decisions under way end (and are acked, so committed) before the consumer stops.
         if not await inflight.drain(d.smtp_timeout_s + 5.0):
             log.warning("%d triggers still in flight at shutdown; re-read at start", inflight.count)
+        await relay.close()
 
     app.on_before_shutdown.connect(finish_in_flight)
 

@@ -17,7 +17,7 @@ from stream.embedded import SmtpCatcher
 from stream.settings import Settings
 from stream.topics import ensure_topics
 from tests.helpers import wait_for
-from tests.integration.test_dispatcher import Kafka, by_trigger, make_trigger, outcomes
+from tests.integration.test_dispatcher import Kafka, by_trigger, make_trigger, metric, outcomes
 from tests.procs import Dispatcher, dispatch_settings
 
 
@@ -172,3 +172,26 @@ def test_a_relay_stuck_on_one_customer_holds_up_only_that_customer(
         timeout_s=60,
     )
     assert all(sent[t.trigger_id] == ["sent"] for t in others)
+
+
+def test_a_kept_connection_the_relay_closed_is_replaced_before_use(
+    settings: Settings, redis_server: Any, tmp_path: Path, started: list[Any]
+) -> None:
+    relay = SmtpCatcher(tmp_path / "mail-1").start()
+    started.append(relay)
+    env = relay_env(settings, redis_server.url, relay.port)
+    kafka = Kafka(env)
+    started.append(type("Closer", (), {"stop": lambda self: kafka.close()})())
+    d = Dispatcher(env, tmp_path / "dispatcher.log").start()
+    started.append(d)
+    d.wait_ready()
+    kafka.trigger(make_trigger("c-first"))
+    wait_for(relay.received, lambda m: len(m) == 1, timeout_s=60)
+    # The relay restarts: the connection the dispatcher kept is closed under it.
+    relay.stop()
+    relay = SmtpCatcher(tmp_path / "mail-2", port=relay.port).start()
+    started.append(relay)
+    kafka.trigger(make_trigger("c-second"))
+    got = wait_for(relay.received, lambda m: len(m) == 1, timeout_s=60)
+    assert got[0].rcpt_tos == ("c-second@example.com",)
+    assert metric(d.url, "journey_dispatch_errors_total", stage="smtp") == 0

@@ -210,3 +210,20 @@ def test_message_headers() -> None:
     assert parsed["List-Unsubscribe-Post"] == "List-Unsubscribe=One-Click"
     kinds = [p.get_content_type() for p in parsed.iter_parts()]
     assert kinds == ["text/plain", "text/html"]
+
+
+@given(name=st.text(min_size=1, max_size=80).filter(lambda s: s.strip() == s and s.isprintable()))
+def test_message_decodes_to_what_was_rendered_whatever_the_name(name: str) -> None:
+    t = trigger(first_name=name)
+    rendered = Renderer().render(t, links())
+    msg = build_message(t, rendered, links(), "Shop <news@shop.example.com>", NOON)
+    raw = msg.as_bytes(policy=msg.policy.clone(linesep="\r\n"))
+    assert max(len(line) for line in raw.split(b"\r\n")) <= 998
+    parsed = email.message_from_bytes(raw, policy=email.policy.default)
+    assert parsed["To"].addresses[0].display_name == name
+    assert parsed["To"].addresses[0].addr_spec == "ann@example.com"
+    assert parsed["Subject"] == rendered.subject
+    plain = parsed.get_body(preferencelist=("plain",)).get_content()
+    html = parsed.get_body(preferencelist=("html",)).get_content()
+    assert plain.replace("\r\n", "\n") == rendered.text
+    assert html.replace("\r\n", "\n") == rendered.html
