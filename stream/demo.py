@@ -28,9 +28,11 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+from stream.demo_loop import ClosedLoop, collector_sender
 from stream.embedded import EmbeddedStack, free_port
 from stream.embedded.stack import parent_death_hook
 from stream.observability.histograms import histogram_quantile
+from stream.reactions import Planted, Reactions
 from stream.settings import Settings, to_environ
 from stream.topics import ensure_topics
 
@@ -39,6 +41,15 @@ BAD_CALL_RATE = 0.05
 REFRESH_S = 2.0
 #: Abandonment waits in the demo (seconds) instead of 30/15/60 minutes.
 DEMO_WAITS_S = {"cart": 10.0, "checkout": 8.0, "browse": 15.0}
+#: Conversion windows in the demo (seconds) instead of 7 days, and the grace after them.
+DEMO_WINDOW_S, DEMO_GRACE_S = 20.0, 3.0
+#: How the demo's shoppers answer follow-ups (buy rates with and without the email):
+#: the uplift the demo's report should find; browse emails are planted with no effect.
+DEMO_PLANTED = {
+    "cart": Planted(treated=0.45, control=0.15),
+    "checkout": Planted(treated=0.55, control=0.25),
+    "browse": Planted(treated=0.15, control=0.15),
+}
 
 
 class Child:
@@ -218,6 +229,7 @@ def render(
     abandoned = by_label(worker, "journey_abandonments_total", "kind")
     triggers = by_label(worker, "journey_triggers_total", "rule")
     outcomes = by_label(dispatcher, "journey_dispatch_outcomes_total", "outcome")
+    converted = by_label(worker, "journey_followup_windows_closed_total", "converted")
     lines = [
         f"journey demo - {elapsed:5.0f}s",
         f"  events in      {sum(ingested.values()):7d}   "
@@ -234,6 +246,8 @@ def render(
         "  follow-ups     " + "  ".join(f"{k}={n}" for k, n in sorted(triggers.items()) if n),
         "  dispatch       " + "  ".join(f"{k}={n}" for k, n in sorted(outcomes.items()) if n),
         f"  emails         {emails_in(mailbox):7d}   in {mailbox}",
+        f"  windows closed {sum(converted.values()):7d}   bought after a follow-up="
+        f"{converted.get('true', 0)}",
     ]
     return "\n".join(lines)
 
@@ -275,6 +289,12 @@ def run_demo(settings: Settings, duration_s: float, rate: float, workdir: Path |
                     {**rule, "wait_s": DEMO_WAITS_S.get(rule["name"], rule["wait_s"])}
                     for rule in settings.journey.abandonment
                 ),
+            ),
+            attribution=replace(
+                settings.attribution,
+                window_s=DEMO_WINDOW_S,
+                decision_grace_s=DEMO_GRACE_S,
+                min_per_arm=10,
             ),
             dispatch=replace(
                 settings.dispatch,
@@ -318,8 +338,13 @@ def run_demo(settings: Settings, duration_s: float, rate: float, workdir: Path |
                 f"curl -H 'Authorization: Bearer {stack.api_token}' {worker_url}/funnel",
                 flush=True,
             )
+            reactions = Reactions(
+                window_ms=int(DEMO_WINDOW_S * 1000), rules=DEMO_PLANTED, seed=int(time.time())
+            )
+            loop = ClosedLoop(settings, reactions, collector_sender(settings), stop)
             started = time.monotonic()
             shoppers.start()
+            loop.start()
             tty = sys.stdout.isatty()
             try:
                 while not stop.wait(REFRESH_S):
@@ -341,6 +366,7 @@ def run_demo(settings: Settings, duration_s: float, rate: float, workdir: Path |
                 pass
             stop.set()
             shoppers.join(5)
+            loop.join(5)
             report = final_report(
                 stack.api_token,
                 worker_url,
@@ -349,6 +375,7 @@ def run_demo(settings: Settings, duration_s: float, rate: float, workdir: Path |
                 mailbox,
                 shoppers,
                 time.monotonic() - started,
+                loop,
             )
             print(json.dumps(report, indent=2), flush=True)
             print(f"journey demo: emails (one .eml each) in {mailbox}", flush=True)
@@ -367,6 +394,7 @@ def final_report(
     mailbox: Path,
     shoppers: Shoppers,
     elapsed: float,
+    loop: ClosedLoop,
 ) -> dict[str, Any]:
     worker = scrape(f"{worker_url}/metrics")
     collector = scrape(f"{collector_url}/metrics")
@@ -395,4 +423,7 @@ def final_report(
         },
         "mailbox": str(mailbox),
         "funnel": json.loads(funnel) if status == 200 else None,
+        # Follow-ups whose conversion window closed, against what the shoppers were
+        # planted to do (only windows closed before the end are counted).
+        "followups": loop.summary(worker_url, api_token, DEMO_PLANTED),
     }

@@ -34,7 +34,9 @@ ROLES = (READ, ADMIN)
 #: Paths anyone may GET (liveness, readiness, Prometheus).
 OPEN_PATHS = frozenset({"/live", "/ready", "/metrics", "/health"})
 #: Paths a ``read`` token may use: aggregates, never one customer's data.
-READ_PATHS = re.compile(r"^/(funnel|funnel/local|journey-map|journey-map/local|map|followups)/?$")
+READ_PATHS = re.compile(
+    r"^/(funnel|funnel/local|journey-map|journey-map/local|map|followups|followups/local)/?$"
+)
 
 
 class AccessError(ConfigError):

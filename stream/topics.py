@@ -42,6 +42,7 @@ def all_topic_partitions(settings: Settings) -> dict[str, int]:
         t.dispatch,
         t.dispatch_dlq,
         t.links,
+        t.conversions,
     ]
     return {name: t.partitions for name in names}
 

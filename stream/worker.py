@@ -35,6 +35,8 @@ class Topics:
     timers: faust.TopicT
     triggers: faust.TopicT
     links: faust.TopicT
+    dispatch: faust.TopicT
+    conversions: faust.TopicT
 
 
 def declare_topics(app: faust.App, settings: Settings) -> Topics:
@@ -53,6 +55,8 @@ def declare_topics(app: faust.App, settings: Settings) -> Topics:
         timers=topic(t.timers, "orjson"),
         triggers=topic(t.triggers),
         links=topic(t.links),
+        dispatch=topic(t.dispatch),
+        conversions=topic(t.conversions),
     )
 
 
@@ -62,6 +66,7 @@ def build_worker_app(settings: Settings, **kwargs: Any) -> faust.App:
     Applies the worker's workarounds of Faust and aiokafka internals first
     (refusing upstream versions they were not checked against).
     """
+    from stream.attribution.agent import register_attribution
     from stream.ingest.agent import register_ingest
     from stream.journey.agent import register_journey
 
@@ -70,6 +75,7 @@ def build_worker_app(settings: Settings, **kwargs: Any) -> faust.App:
     topics = declare_topics(app, settings)
     shell = register_journey(app, settings, topics)
     register_ingest(app, settings, topics, shell)
+    register_attribution(app, settings, topics, shell.partition_of)
     monitor.install(app, name_prefix="faust")
     watch = StallWatch(settings, lambda: shell.marks.stalls(shell.active_partitions()))
 

@@ -88,3 +88,38 @@ def trigger(**kw: Any) -> Trigger:
 def tracking_links() -> TrackingLinks:
     """Links as the dispatcher builds them for one email."""
     return TrackingLinks("https://t.example.com", "https://shop.example.com", "TOKEN.MAC")
+
+
+def purchase(
+    event_id: str,
+    at: int,
+    *,
+    customer: str = "c-1",
+    value: float = 50.0,
+    currency: str = "EUR",
+    channel: str = "web",
+) -> Touchpoint:
+    """An order of ``value`` by ``customer`` at event time ``at`` (``pos`` channel: in store)."""
+    return Touchpoint(
+        event_id=event_id,
+        type="pos_purchase" if channel == "pos" else "purchase",
+        channel=channel,
+        timestamp=at,
+        customer_id=customer,
+        properties={"order_id": f"o-{event_id}", "value": value, "currency": currency},
+    )
+
+
+def outcome_record(
+    trigger_id: str, outcome: str, *, rule: str = "cart", key: str = "c-1", at: int = NOON
+) -> dict[str, Any]:
+    """A dispatcher outcome as published on ``journey.dispatch`` (``at`` is wall-clock ms)."""
+    return {
+        "trigger_id": trigger_id,
+        "rule": rule,
+        "journey_key": key,
+        "customer_id": key,
+        "outcome": outcome,
+        "reason": "test",
+        "at": at,
+    }

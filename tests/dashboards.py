@@ -19,6 +19,8 @@ PROMETHEUS_CONFIG = REPO / "config" / "prometheus" / "prometheus.yml"
 
 #: Grafana's built-in range variables, replaced by a window covering a whole test run.
 GRAFANA_RANGE_VARIABLES = ("$__rate_interval", "$__interval", "$__range")
+#: The dashboards' own variables, replaced by their "All" value.
+DASHBOARD_VARIABLES = {"$rule": ".+"}
 
 
 @dataclass(frozen=True)
@@ -62,9 +64,12 @@ def panel_queries() -> list[PanelQuery]:
 
 
 def promql(expr: str, window: str) -> str:
-    """``expr`` with Grafana's range variables replaced by ``window`` (e.g. ``10m``)."""
+    """``expr`` with Grafana's range variables replaced by ``window`` (e.g. ``10m``) and
+    the dashboards' variables by their "All" value."""
     for name in GRAFANA_RANGE_VARIABLES:
         expr = expr.replace(name, window)
+    for name, value in DASHBOARD_VARIABLES.items():
+        expr = expr.replace(name, value)
     return expr
 
 

@@ -58,6 +58,7 @@ def isolated_settings(broker_url: str, unique: str, tmp_path: Path) -> Settings:
         "dispatch": f"journey.dispatch-{unique}",
         "dispatch_dlq": f"journey.dispatch.dlq-{unique}",
         "links": f"journey.links-{unique}",
+        "conversions": f"journey.conversions-{unique}",
         "partitions": 4,
     }
     shipped = load_settings(environ={}).journey

@@ -10,6 +10,7 @@ equals this one.
 from __future__ import annotations
 
 import argparse
+import io
 import sys
 import time
 from collections.abc import Iterable
@@ -18,7 +19,11 @@ import orjson
 
 from stream import contract
 from stream.analytics.aggregate import Aggregate
+from stream.analytics.attribution import policy_of
+from stream.analytics.attribution_log import attribute, counts_of
 from stream.analytics.config import check, map_model
+from stream.analytics.decisions import OutcomeFact, outcome_line
+from stream.analytics.followups import followups
 from stream.analytics.report import report
 from stream.contract import Rejected, Touchpoint
 from stream.journey.replay import read_log, run_oracle
@@ -65,8 +70,17 @@ def main(args: argparse.Namespace, settings: Settings) -> int:
     source = sys.stdin.buffer if str(args.file) == "-" else open(args.file, "rb")  # noqa: SIM115
     rejected = 0
     valid: list[Touchpoint] = []
+    outcomes: list[OutcomeFact] = []
+    touchpoint_lines = io.BytesIO()
     with source:
-        for item in read_log(source):
+        for line in source:
+            outcome = outcome_line(line)
+            if outcome is None:
+                touchpoint_lines.write(line if line.endswith(b"\n") else line + b"\n")
+            else:
+                outcomes.append(outcome)
+        touchpoint_lines.seek(0)
+        for item in read_log(touchpoint_lines):
             if isinstance(item, Rejected):
                 rejected += 1
                 print(f"rejected: {item.reason}", file=sys.stderr)
@@ -85,6 +99,11 @@ def main(args: argparse.Namespace, settings: Settings) -> int:
             now=horizon,
             settings=analytics,
         )
+        if outcomes:
+            a = settings.attribution
+            records = attribute(oracle, valid, outcomes, horizon, policy_of(settings))
+            counts = counts_of(records, a.bucket_s * 1000)
+            body["followups"] = followups(counts, since, until, a.min_per_arm)
     except ValueError as exc:
         raise SystemExit(f"journey report: {exc}") from None
     out = sys.stdout.buffer
@@ -93,7 +112,7 @@ def main(args: argparse.Namespace, settings: Settings) -> int:
     print(
         f"reported {len(valid)} events ({rejected} rejected, {oracle.duplicates} duplicates): "
         f"{body['customers']} customers, {len(oracle.visits)} visit records, "
-        f"{len(body['alerts'])} alerts",
+        f"{len(body['alerts'])} alerts, {len(outcomes)} dispatch outcomes",
         file=sys.stderr,
     )
     return 0

@@ -164,6 +164,30 @@ EVENT_TO_TRIGGER = Histogram(
     buckets=(0.1, 0.5, 1, 5, 30, 60, 300, 900, 1800, 3600, 7200, 21600, 86400),
 )
 
+# -- attribution (worker) ----------------------------------------------------------
+FOLLOWUP_DECIDED = Counter(
+    "journey_followup_decided_total",
+    "Decided follow-ups whose conversion window opened, by rule and arm (treated: sent, "
+    "control: held out).",
+    ["rule", "arm"],
+)
+FOLLOWUP_CLOSED = Counter(
+    "journey_followup_windows_closed_total",
+    "Conversion windows closed, one record each on journey.conversions, by rule, arm and "
+    "whether the customer bought inside (converted: true/false).",
+    ["rule", "arm", "converted"],
+)
+FOLLOWUP_REVENUE = Counter(
+    "journey_followup_revenue_total",
+    "Revenue of the orders credited to closed windows (last touch), by rule, arm and currency.",
+    ["rule", "arm", "currency"],
+)
+FOLLOWUP_OPEN = Gauge(
+    "journey_followup_open_windows",
+    "Conversion windows open, per partition this worker owns.",
+    ["partition"],
+)
+
 # -- dispatcher ----------------------------------------------------------------
 DISPATCH_OUTCOMES = Counter(
     "journey_dispatch_outcomes_total",

@@ -26,6 +26,7 @@ from stream.settings.journey import (
     DEFAULT_ABANDONMENT,
     DEFAULT_FOLLOWUPS,
     AnalyticsSettings,
+    AttributionSettings,
     JourneySettings,
     WorkerSettings,
 )
@@ -49,6 +50,7 @@ __all__ = [
     "ENV_PREFIX",
     "SECTIONS",
     "AnalyticsSettings",
+    "AttributionSettings",
     "BrokerSettings",
     "CollectorSettings",
     "DispatchSettings",

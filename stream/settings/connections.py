@@ -59,6 +59,8 @@ class TopicSettings:
     #: read by an agent of their own, so a link never waits behind a touchpoints backlog),
     #: and the sources' event-time marks that follow them, relayed once they are handled.
     links: str = "journey.links"
+    #: One conversion record per decided follow-up (``stream.analytics.attribution``).
+    conversions: str = "journey.conversions"
     partitions: int = 4
     replication_factor: int = 1
     #: How long the broker keeps the records of the topics above (``retention.ms``

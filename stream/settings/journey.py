@@ -184,3 +184,27 @@ class AnalyticsSettings:
     alert_min_count: int = 20
     #: Buckets older than this many days behind the newest one are forgotten.
     retention_days: int = 90
+
+
+@dataclass(frozen=True)
+class AttributionSettings:
+    """Conversion attribution of decided follow-ups (``sent`` and ``held_out``).
+
+    Event time throughout. See :mod:`stream.analytics.attribution` (windows,
+    last touch, records) and :mod:`stream.analytics.followups` (uplift, verdicts).
+    """
+
+    #: A decided follow-up's conversion window from its trigger's deadline; a rule
+    #: sets its own with ``attribution_window_s`` in its ``[[journey.*]]`` table.
+    window_s: float = 7 * 86400.0
+    #: How long after its trigger's deadline a decision may arrive (quiet hours,
+    #: dispatcher lag); a window's record is emitted this long after it ends.
+    decision_grace_s: float = 86400.0
+    #: A rule with fewer decided triggers than this in either arm is ``insufficient``.
+    min_per_arm: int = 100
+    #: Purchases kept per customer, and triggers or decisions waiting for each other.
+    max_purchases: int = 100
+    max_waiting: int = 256
+    #: Follow-up counts are kept per bucket of decision time (UTC), for this many days.
+    bucket_s: int = 86400
+    retention_days: int = 400

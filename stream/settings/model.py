@@ -10,7 +10,12 @@ from stream.defaults import (
 )
 from stream.settings.connections import BrokerSettings, RedisSettings, SmtpSettings, TopicSettings
 from stream.settings.dispatch import DispatchSettings, WebhookSettings
-from stream.settings.journey import AnalyticsSettings, JourneySettings, WorkerSettings
+from stream.settings.journey import (
+    AnalyticsSettings,
+    AttributionSettings,
+    JourneySettings,
+    WorkerSettings,
+)
 from stream.settings.producers import CollectorSettings, LimitsSettings, PosSettings
 
 
@@ -36,6 +41,7 @@ class Settings:
     pos: PosSettings = field(default_factory=PosSettings)
     dispatch: DispatchSettings = field(default_factory=DispatchSettings)
     analytics: AnalyticsSettings = field(default_factory=AnalyticsSettings)
+    attribution: AttributionSettings = field(default_factory=AttributionSettings)
     webhooks: WebhookSettings = field(default_factory=WebhookSettings)
     security: SecuritySettings = field(default_factory=SecuritySettings)
     #: The settings file these were loaded from (None: built in code).

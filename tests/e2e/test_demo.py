@@ -53,6 +53,11 @@ def test_demo_runs_the_whole_stack_and_exits_cleanly(
     # Carts were abandoned and the dispatcher mailed follow-ups into the catcher's folder.
     assert sum(report["abandoned"].values()) > 0, report
     assert report["dispatch"].get("sent", 0) > 0, report
+    # The closed loop: what the shoppers were planted to do beside what was measured.
+    loop = report["followups"]
+    assert loop["planted"]["cart"]["uplift"] == 0.3
+    assert isinstance(loop["measured"], list), loop
+    assert sum(s["decided"] for s in loop["shoppers"].values()) > 0, loop
     emails = list(Path(report["mailbox"]).glob("*.eml"))
     assert len(emails) == report["emails"] >= report["dispatch"]["sent"]
     # Nothing of the demo is left running.
