@@ -89,6 +89,10 @@ class TopicSettings:
     #: read by an agent of their own, so a link never waits behind a touchpoints backlog),
     #: and the sources' event-time marks that follow them, relayed once they are handled.
     links: str = "journey.links"
+    #: Stage visits (co-partitioned with ``resolved``: the analytics agent counts a
+    #: journey's visits on its partition) and journey-map alerts opening and closing.
+    visits: str = "journey.visits"
+    alerts: str = "journey.alerts"
     partitions: int = 4
     replication_factor: int = 1
     #: How long the broker keeps the records of the topics above (``retention.ms``

@@ -35,6 +35,8 @@ class Topics:
     timers: faust.TopicT
     triggers: faust.TopicT
     links: faust.TopicT
+    visits: faust.TopicT
+    alerts: faust.TopicT
 
 
 def declare_topics(app: faust.App, settings: Settings) -> Topics:
@@ -53,6 +55,8 @@ def declare_topics(app: faust.App, settings: Settings) -> Topics:
         timers=topic(t.timers, "orjson"),
         triggers=topic(t.triggers),
         links=topic(t.links),
+        visits=topic(t.visits),
+        alerts=topic(t.alerts),
     )
 
 
@@ -64,12 +68,24 @@ def build_worker_app(settings: Settings, **kwargs: Any) -> faust.App:
     """
     from stream.ingest.agent import register_ingest
     from stream.journey.agent import register_journey
+    from stream.journeymap.agent import register_map
+    from stream.journeymap.alerts import register_alerts
+    from stream.journeymap.views import MapViews, register_map_views
 
     faust_ext.patch_all(faust_ext.WORKER)
     app = faust_app(settings, **kwargs)
     topics = declare_topics(app, settings)
     shell = register_journey(app, settings, topics)
     register_ingest(app, settings, topics, shell)
+    journey_map = register_map(app, settings, topics)
+    views = MapViews(
+        app,
+        journey_map,
+        shell.model,
+        lambda: [shell.marks.watermark(p) for p in shell.active_partitions()],
+    )
+    register_map_views(app, views, settings)
+    register_alerts(app, settings, topics, views)
     monitor.install(app, name_prefix="faust")
     watch = StallWatch(settings, lambda: shell.marks.stalls(shell.active_partitions()))
 
