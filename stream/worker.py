@@ -77,7 +77,7 @@ def build_worker_app(settings: Settings, **kwargs: Any) -> faust.App:
     topics = declare_topics(app, settings)
     shell = register_journey(app, settings, topics)
     register_ingest(app, settings, topics, shell)
-    journey_map = register_map(app, settings, topics)
+    journey_map = register_map(app, settings, topics, shell.model.all_stages)
     views = MapViews(
         app,
         journey_map,

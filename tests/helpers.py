@@ -58,6 +58,8 @@ def isolated_settings(broker_url: str, unique: str, tmp_path: Path) -> Settings:
         "dispatch": f"journey.dispatch-{unique}",
         "dispatch_dlq": f"journey.dispatch.dlq-{unique}",
         "links": f"journey.links-{unique}",
+        "visits": f"journey.visits-{unique}",
+        "alerts": f"journey.alerts-{unique}",
         "partitions": 4,
     }
     return load_settings(

@@ -26,6 +26,7 @@ from __future__ import annotations
 import logging
 import weakref
 from collections import defaultdict
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -38,12 +39,14 @@ from stream.analytics.aggregate import Aggregate
 from stream.analytics.config import check
 from stream.faust_ext.fastpath import changelog_persisted, read_raw, table_items, write_raw
 from stream.journey import visit_records as records
-from stream.journey.visits import VisitClosed, VisitOpened
+from stream.journey.visits import ADVANCED, DROPPED, MERGED, VisitClosed, VisitOpened
 from stream.observability import metrics as m
 from stream.settings import Settings
 
 log = logging.getLogger(__name__)
 
+#: The outcomes ``journey_map_visits_total`` counts (visits begun, and how they ended).
+OUTCOMES = ("opened", ADVANCED, DROPPED, MERGED)
 BATCH_MESSAGES = 512
 BATCH_WINDOW_S = 0.05
 
@@ -159,9 +162,10 @@ class MapShell:
             if not fresh:
                 m.MAP_RECORDS.labels(outcome="duplicate").inc()
                 continue
+            held = {b for b, upto in pm.upto.items() if upto >= msg.offset}
             for effect in fresh:
                 b = pm.aggregate.bucket_for(effect)
-                if b is None or pm.upto.get(b, -1) >= msg.offset:
+                if b is None or b in held:
                     continue  # not kept, or this bucket already holds this record
                 if pm.aggregate.add(effect) is None:
                     continue
@@ -225,9 +229,18 @@ class MapShell:
         m.MAP_RECORDS.labels(outcome="dead_letter").inc()
 
 
-def register_map(app: faust.App, settings: Settings, topics: Any) -> MapShell:
+def register_map(
+    app: faust.App, settings: Settings, topics: Any, stages: Iterable[str]
+) -> MapShell:
     """Register the analytics agent and its tables on ``app``."""
     shell = MapShell(app, settings, topics)
+    # Every series exists from the start, at 0: a series first scraped with its
+    # final value has no increase() in Prometheus.
+    for stage in stages:
+        for outcome in OUTCOMES:
+            m.MAP_VISITS.labels(stage=stage, outcome=outcome)
+    for outcome in ("counted", "duplicate", "dead_letter"):
+        m.MAP_RECORDS.labels(outcome=outcome)
     source = app.topic(
         settings.topics.visits,
         schema=faust.Schema(key_serializer="raw", value_serializer="raw"),

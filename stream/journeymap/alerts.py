@@ -28,6 +28,7 @@ import faust
 import orjson
 
 from stream import security
+from stream.analytics.report import STAGE_ADVANCE_DROP, TOUCHPOINT_SPIKE
 from stream.faust_ext.fastpath import send_direct
 from stream.journeymap.views import MapViews
 from stream.observability import metrics as m
@@ -170,6 +171,9 @@ class AlertEvaluator:
 
 def register_alerts(app: faust.App, settings: Settings, topics: Any, views: MapViews) -> None:
     evaluator = AlertEvaluator(app, settings, topics, views)
+    for kind in (STAGE_ADVANCE_DROP, TOUCHPOINT_SPIKE):
+        for event in (OPENED, CLOSED):
+            m.MAP_ALERT_CHANGES.labels(kind=kind, event=event)
 
     @app.timer(interval=ALERT_CHECK_S)
     async def journey_map_alerts() -> None:
