@@ -33,6 +33,8 @@ ROLES = (READ, ADMIN)
 
 #: Paths anyone may GET (liveness, readiness, Prometheus).
 OPEN_PATHS = frozenset({"/live", "/ready", "/metrics", "/health"})
+#: Files the pages load (the vendored ECharts): public code, no data.
+STATIC_PREFIX = "/static/"
 #: Paths a ``read`` token may use: aggregates, never one customer's data.
 READ_PATHS = re.compile(
     r"^/(funnel|funnel/local|journey-map|journey-map/local|map|followups|followups/local)/?$"
@@ -57,7 +59,7 @@ def check_tokens(tokens: Mapping[str, str]) -> dict[str, str]:
 
 def required_role(method: str, path: str) -> str | None:
     """The role a request needs (None: open to anyone)."""
-    if method in ("GET", "HEAD") and path in OPEN_PATHS:
+    if method in ("GET", "HEAD") and (path in OPEN_PATHS or path.startswith(STATIC_PREFIX)):
         return None
     if method in ("GET", "HEAD") and READ_PATHS.match(path):
         return READ

@@ -59,6 +59,8 @@ def isolated_settings(broker_url: str, unique: str, tmp_path: Path) -> Settings:
         "dispatch_dlq": f"journey.dispatch.dlq-{unique}",
         "links": f"journey.links-{unique}",
         "conversions": f"journey.conversions-{unique}",
+        "visits": f"journey.visits-{unique}",
+        "alerts": f"journey.alerts-{unique}",
         "partitions": 4,
     }
     shipped = load_settings(environ={}).journey

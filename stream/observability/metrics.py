@@ -237,3 +237,40 @@ WEBHOOK_PENDING = Gauge(
     "Webhook deliveries queued in Redis per endpoint (due or waiting for a retry).",
     ["endpoint"],
 )
+
+# -- journey map ----------------------------------------------------------------
+MAP_VISITS = Counter(
+    "journey_map_visits_total",
+    "Stage visits counted by the analytics agent, by stage and outcome (opened, "
+    "advanced, dropped, merged); each visit effect once, however often it is delivered.",
+    ["stage", "outcome"],
+)
+MAP_TOUCHPOINT_VISITS = Gauge(
+    "journey_map_touchpoint_visits",
+    "Touchpoint impact counts of the whole journey map (any channel): closed visits of "
+    "a stage with or without the touchpoint (group), and of those the ones that advanced "
+    "(advanced = yes/no). Reported by one worker (the alert evaluator).",
+    ["stage", "touchpoint", "group", "advanced"],
+)
+MAP_TOUCHPOINT_LIFT = Gauge(
+    "journey_map_touchpoint_lift",
+    "Advance rate of a stage's visits with the touchpoint over those without it, with "
+    "its verdict (moment_of_truth, pain_point, neutral, insufficient).",
+    ["stage", "touchpoint", "verdict"],
+)
+MAP_ALERTS_OPEN = Gauge(
+    "journey_map_alerts_open",
+    "Journey-map alerts open now (1 per alert), by kind, stage and touchpoint.",
+    ["kind", "stage", "touchpoint"],
+)
+MAP_ALERT_CHANGES = Counter(
+    "journey_map_alert_changes_total",
+    "Journey-map alerts published to journey.alerts, by kind and event (opened, closed).",
+    ["kind", "event"],
+)
+MAP_RECORDS = Counter(
+    "journey_map_records_total",
+    "journey.visits records handled by the analytics agent, by outcome (counted, "
+    "duplicate: every effect already counted, dead_letter).",
+    ["outcome"],
+)

@@ -61,6 +61,10 @@ class TopicSettings:
     links: str = "journey.links"
     #: One conversion record per decided follow-up (``stream.analytics.attribution``).
     conversions: str = "journey.conversions"
+    #: Stage visits (co-partitioned with ``resolved``: the analytics agent counts a
+    #: journey's visits on its partition) and journey-map alerts opening and closing.
+    visits: str = "journey.visits"
+    alerts: str = "journey.alerts"
     partitions: int = 4
     replication_factor: int = 1
     #: How long the broker keeps the records of the topics above (``retention.ms``
