@@ -2,7 +2,9 @@
 
 Consumer group ``<app_id>-dispatcher`` reads ``journey.triggers`` (one Trigger
 JSON per message) and ``touchpoints.resolved`` (purchases and unsubscribes)
-at-least-once; effects are made idempotent by the Redis claim. The web port
+at-least-once; effects are made idempotent by the Redis claim. Triggers are
+decided concurrently, one journey key's in order, and committed only below
+the oldest one undecided (:mod:`stream.dispatch.inflight`). The web port
 serves ``/metrics`` and ``/ready``.
 """
 
