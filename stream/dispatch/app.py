@@ -247,7 +247,10 @@ def build_dispatcher_app(settings: Settings) -> faust.App:
     @app.timer(interval=d.schedule_poll_s)
     async def release_due() -> None:
         try:
-            await dispatcher.release_due()
+            # Beside the stream's triggers, in order with the same customer's.
+            await dispatcher.release_due(
+                run=lambda key, work: inflight.submit(key.encode(), None, work)
+            )
         except redis.exceptions.RedisError as exc:
             m.DISPATCH_ERRORS.labels(stage="redis").inc()
             log.warning("cannot release scheduled follow-ups: %r", exc)

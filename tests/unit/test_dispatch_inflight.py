@@ -141,3 +141,24 @@ def test_any_interleaving_keeps_key_order_and_acks_a_prefix(
         assert peak <= limit
 
     asyncio.run(scenario())
+
+
+async def test_work_of_no_partition_is_ordered_with_its_key_and_its_failure_only_logged() -> None:
+    log: list[str] = []
+    runner = InFlight(4)
+    first = Gate(log, "stream")
+
+    async def released() -> None:
+        log.append("released")
+        raise RuntimeError("redis down")
+
+    await runner.submit("ann", "p", first, lambda: log.append("acked"))
+    await runner.submit("ann", None, released)
+    await settle()
+    assert log == ["start stream"]  # the released one waits for the same customer's
+    first.opened.set()
+    assert await runner.drain(5)
+    assert log == ["start stream", "end stream", "acked", "released"]
+    assert runner.failure is None
+    await runner.submit("bob", "p", first, lambda: None)  # the runner goes on
+    assert await runner.drain(5)
