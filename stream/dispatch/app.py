@@ -25,7 +25,7 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from stream import faust_ext
 from stream.app import broker_ssl_context, faust_app
-from stream.defaults import template_files
+from stream.defaults import ConfigError, template_files
 from stream.dispatch.dispatcher import Dispatcher
 from stream.dispatch.erase import Eraser
 from stream.dispatch.guards import Guards, InstanceLease, Keys, LeaseLost
@@ -123,6 +123,14 @@ def build_dispatcher_app(settings: Settings) -> faust.App:
     t = settings.topics
     # Fail at start, naming the file, rather than at the first send of a rule.
     list(template_files(templates_in_use(settings), d.templates_dir))
+    try:
+        holdouts = Holdouts(
+            rule_holdouts(settings.journey.abandonment, settings.journey.followups),
+            d.holdout_salt,
+        )
+        inflight = InFlight(d.max_in_flight)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
     app = faust_app(settings, store="memory://")
 
     def topic(name: str) -> faust.TopicT:
@@ -150,13 +158,9 @@ def build_dispatcher_app(settings: Settings) -> faust.App:
         Renderer(d.templates_dir or None),
         relay,
         outbox,
-        holdouts=Holdouts(
-            rule_holdouts(settings.journey.abandonment, settings.journey.followups),
-            d.holdout_salt,
-        ),
+        holdouts=holdouts,
     )
 
-    inflight = InFlight(d.max_in_flight)
     m.DISPATCH_IN_FLIGHT.set_function(lambda: inflight.count)
 
     async def finish_in_flight(sender: Any, /, *args: Any, signal: Any, **kwargs: Any) -> None:
