@@ -1,4 +1,4 @@
-"""One trigger from decision to outcome: claim, screen, cap, render, send, record.
+"""One trigger from decision to outcome: claim, screen, cap, hold out or render and send, record.
 
 The order of the checks and why is in :mod:`stream.dispatch.policy`. Every
 decision is published to ``journey.dispatch`` and counted in
