@@ -32,10 +32,14 @@ class _Entry:
     done: bool = False
 
 
+#: More at once would only be a typo: each slot may hold an SMTP connection.
+MAX_LIMIT = 10_000
+
+
 class InFlight:
     def __init__(self, limit: int) -> None:
-        if limit < 1:
-            raise ValueError(f"dispatch.max_in_flight must be at least 1, not {limit}")
+        if not 1 <= limit <= MAX_LIMIT:
+            raise ValueError(f"dispatch.max_in_flight must be from 1 to {MAX_LIMIT}, not {limit}")
         self.limit = limit
         self._slots = asyncio.Semaphore(limit)
         self._tails: dict[Hashable, asyncio.Task[None]] = {}

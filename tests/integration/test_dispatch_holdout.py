@@ -126,4 +126,4 @@ def test_a_dispatcher_with_no_slots_stops_at_start(settings: Settings, redis_ser
         check=False,
     )
     assert proc.returncode == 2, proc.stderr[-2000:]
-    assert "dispatch.max_in_flight must be at least 1" in proc.stderr
+    assert "dispatch.max_in_flight must be from 1 to 10000, not 0" in proc.stderr

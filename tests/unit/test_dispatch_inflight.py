@@ -86,9 +86,10 @@ async def test_failed_work_is_never_acked_and_stops_the_next_submit() -> None:
         await runner.submit("c", "p", fine, lambda: acked.append(2))
 
 
-def test_a_limit_below_one_is_refused() -> None:
-    with pytest.raises(ValueError, match="max_in_flight"):
-        InFlight(0)
+@pytest.mark.parametrize("limit", [0, -1, 10_001])
+def test_a_limit_out_of_range_is_refused(limit: int) -> None:
+    with pytest.raises(ValueError, match="max_in_flight must be from 1 to 10000"):
+        InFlight(limit)
 
 
 @settings(max_examples=60, deadline=None)
