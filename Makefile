@@ -5,6 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 ARGS ?=
 PYTEST_ARGS ?=
+DISPATCH_ARGS ?=
 
 .PHONY: help venv system-deps demo test test-unit test-fast test-integration chaos check lint format bench clean
 
@@ -16,7 +17,7 @@ help:
 	@echo "make chaos  - the chaos test long: kills and pauses under load vs the oracle (SEED=n CHAOS_S=600)"
 	@echo "make check  - what CI checks beyond the tests: compose file, Prometheus config, lint"
 	@echo "make lint   - ruff, mypy on stream/ and the import contracts"
-	@echo "make bench  - throughput benchmark (loadtest/results/bench.json)"
+	@echo "make bench  - throughput benchmarks (loadtest/results/bench.json, dispatch.json)"
 
 $(STAMP): pyproject.toml
 	@command -v $(PYTHON) >/dev/null 2>&1 || { echo "$(PYTHON) not found; set PYTHON=/path/to/python3.11"; exit 1; }
@@ -83,9 +84,11 @@ format: $(STAMP)
 	$(BIN)/ruff format stream loadtest tests
 	$(BIN)/ruff check --fix stream loadtest tests
 
-# The benchmark is a development tool of this checkout (not in the wheel).
+# The benchmark is a development tool of this checkout (not in the wheel): the
+# pipeline's figures, then the dispatcher's (loadtest/results/*.json).
 bench: $(STAMP)
 	$(BIN)/python -m loadtest.bench $(ARGS)
+	$(BIN)/python -m loadtest.dispatch $(DISPATCH_ARGS)
 
 clean:
 	rm -rf var .pytest_cache .mypy_cache .ruff_cache .import_linter_cache

@@ -238,7 +238,12 @@ def main(argv: list[str] | None = None) -> int:
         "concurrent": concurrent,
         "speedup_decided": round(concurrent["decided_per_s"] / serial["decided_per_s"], 1),
         "speedup_delivered": round(concurrent["delivered_per_s"] / serial["delivered_per_s"], 1),
-        "machine": {"cpus": os.cpu_count(), "python": platform.python_version()},
+        "machine": {
+            "cpus": os.cpu_count(),
+            "python": platform.python_version(),
+            # Other processes' demand on the cores while it ran (1, 5, 15 minutes).
+            "load_average": [round(x, 2) for x in os.getloadavg()],
+        },
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2) + "\n")

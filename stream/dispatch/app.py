@@ -2,7 +2,9 @@
 
 Consumer group ``<app_id>-dispatcher`` reads ``journey.triggers`` (one Trigger
 JSON per message) and ``touchpoints.resolved`` (purchases and unsubscribes)
-at-least-once; effects are made idempotent by the Redis claim. The web port
+at-least-once; effects are made idempotent by the Redis claim. Triggers are
+decided concurrently, one journey key's in order, and committed only below
+the oldest one undecided (:mod:`stream.dispatch.inflight`). The web port
 serves ``/metrics`` and ``/ready``.
 """
 
@@ -23,7 +25,7 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from stream import faust_ext
 from stream.app import broker_ssl_context, faust_app
-from stream.defaults import template_files
+from stream.defaults import ConfigError, template_files
 from stream.dispatch.dispatcher import Dispatcher
 from stream.dispatch.erase import Eraser
 from stream.dispatch.guards import Guards, InstanceLease, Keys, LeaseLost
@@ -122,6 +124,14 @@ def build_dispatcher_app(settings: Settings) -> faust.App:
     t = settings.topics
     # Fail at start, naming the file, rather than at the first send of a rule.
     list(template_files(templates_in_use(settings), d.templates_dir))
+    try:
+        holdouts = Holdouts(
+            rule_holdouts(settings.journey.abandonment, settings.journey.followups),
+            d.holdout_salt,
+        )
+        inflight = InFlight(d.max_in_flight)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
     app = faust_app(settings, store="memory://")
 
     def topic(name: str) -> faust.TopicT:
@@ -152,10 +162,7 @@ def build_dispatcher_app(settings: Settings) -> faust.App:
         renderer,
         relay,
         outbox,
-        holdouts=Holdouts(
-            rule_holdouts(settings.journey.abandonment, settings.journey.followups),
-            d.holdout_salt,
-        ),
+        holdouts=holdouts,
         webhooks=webhooks,
     )
     if webhook_delivery is not None:
@@ -171,7 +178,6 @@ def build_dispatcher_app(settings: Settings) -> faust.App:
 
         app.on_before_shutdown.connect(close_webhooks)
 
-    inflight = InFlight(d.max_in_flight)
     m.DISPATCH_IN_FLIGHT.set_function(lambda: inflight.count)
 
     async def finish_in_flight(sender: Any, /, *args: Any, signal: Any, **kwargs: Any) -> None:
@@ -262,7 +268,10 @@ def build_dispatcher_app(settings: Settings) -> faust.App:
     @app.timer(interval=d.schedule_poll_s)
     async def release_due() -> None:
         try:
-            await dispatcher.release_due()
+            # Beside the stream's triggers, in order with the same customer's.
+            await dispatcher.release_due(
+                run=lambda key, work: inflight.submit(key.encode(), None, work)
+            )
         except redis.exceptions.RedisError as exc:
             m.DISPATCH_ERRORS.labels(stage="redis").inc()
             log.warning("cannot release scheduled follow-ups: %r", exc)

@@ -1,4 +1,4 @@
-"""One trigger from decision to outcome: claim, screen, cap, render, send, record.
+"""One trigger from decision to outcome: claim, screen, cap, hold out or render and send, record.
 
 The order of the checks and why is in :mod:`stream.dispatch.policy`. Every
 decision is published to ``journey.dispatch`` and counted in
@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import time
 import uuid
@@ -49,6 +50,10 @@ log = logging.getLogger(__name__)
 
 CHANNEL = "email"
 UNKNOWN_RULE = "unknown"
+
+
+#: Starts a dispatch: ``run(journey_key, work)``.
+Run = Callable[[str, Callable[[], Awaitable[object]]], Awaitable[None]]
 
 
 class Outbox(Protocol):
@@ -337,8 +342,13 @@ class Dispatcher:
         log.info("trigger %s (%s): %s - %s", trigger.trigger_id, trigger.rule, outcome, reason)
         return outcome
 
-    async def release_due(self, limit: int = 100) -> int:
-        """Dispatch quiet-hours entries whose time has come (timer); returns how many."""
+    async def release_due(self, limit: int = 100, run: Run | None = None) -> int:
+        """Dispatch quiet-hours entries whose time has come (timer); returns how many.
+
+        ``run(journey_key, work)`` starts each one's dispatch (default: here, one
+        after another); an entry whose dispatch fails stays leased in the
+        schedule and is taken again when its lease runs out.
+        """
         lease_ms = int(self.config.schedule_lease_s * 1000)
         due = await self.schedule.take_due(self.now_ms(), lease_ms, limit)
         for trigger_id, raw in due:
@@ -355,6 +365,10 @@ class Dispatcher:
                 )
                 await self.schedule.remove(trigger_id)
                 continue
-            await self.dispatch(trigger, raw, released=True)
+            work = functools.partial(self.dispatch, trigger, raw, released=True)
+            if run is None:
+                await work()
+            else:
+                await run(trigger.journey_key, work)
         m.DISPATCH_SCHEDULED.set(await self.schedule.size())
         return len(due)

@@ -32,10 +32,14 @@ class _Entry:
     done: bool = False
 
 
+#: More at once would only be a typo: each slot may hold an SMTP connection.
+MAX_LIMIT = 10_000
+
+
 class InFlight:
     def __init__(self, limit: int) -> None:
-        if limit < 1:
-            raise ValueError(f"dispatch.max_in_flight must be at least 1, not {limit}")
+        if not 1 <= limit <= MAX_LIMIT:
+            raise ValueError(f"dispatch.max_in_flight must be from 1 to {MAX_LIMIT}, not {limit}")
         self.limit = limit
         self._slots = asyncio.Semaphore(limit)
         self._tails: dict[Hashable, asyncio.Task[None]] = {}
@@ -55,20 +59,22 @@ class InFlight:
     async def submit(
         self,
         key: Hashable,
-        partition: Hashable,
+        partition: Hashable | None,
         work: Callable[[], Awaitable[object]],
-        ack: Callable[[], object],
+        ack: Callable[[], object] = lambda: None,
     ) -> None:
         """Start ``work`` once a slot is free and ``key``'s earlier work has ended.
 
         Returns as soon as it started (not finished); ``ack`` is called once it
-        and every earlier submission of ``partition`` are done.
+        and every earlier submission of ``partition`` are done. Work of no
+        partition (``None``) is acked by nobody, and its failure is only logged.
         """
         if self.failure is not None:
             raise self.failure
         await self._slots.acquire()
         entry = _Entry(ack)
-        self._pending.setdefault(partition, deque()).append(entry)
+        if partition is not None:
+            self._pending.setdefault(partition, deque()).append(entry)
         task = asyncio.create_task(self._run(key, self._tails.get(key), work, partition, entry))
         self._tails[key] = task
         self._tasks.add(task)
@@ -79,7 +85,7 @@ class InFlight:
         key: Hashable,
         before: asyncio.Task[None] | None,
         work: Callable[[], Awaitable[object]],
-        partition: Hashable,
+        partition: Hashable | None,
         entry: _Entry,
     ) -> None:
         try:
@@ -87,12 +93,16 @@ class InFlight:
                 await asyncio.wait([before])
             await work()
         except Exception as exc:
-            log.exception("dispatching failed; %r's offsets stay uncommitted from here", partition)
-            if self.failure is None:
-                self.failure = exc
+            if partition is None:
+                log.exception("dispatching failed (%r)", key)
+            else:
+                log.exception("dispatching failed; %r stays uncommitted from here", partition)
+                if self.failure is None:
+                    self.failure = exc
         else:
             entry.done = True
-            self._ack_done(partition)
+            if partition is not None:
+                self._ack_done(partition)
         finally:
             self._slots.release()
             if self._tails.get(key) is asyncio.current_task():

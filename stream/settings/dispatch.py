@@ -56,8 +56,9 @@ class DispatchSettings:
     #: the same name ("": the packaged templates only).
     templates_dir: str = ""
     smtp_timeout_s: float = 10.0
-    #: Triggers decided at once (one journey key's still one after another, in
-    #: order); input offsets are committed only below the oldest one undecided.
+    #: Triggers decided at once, 1 to 10,000 (one journey key's still one after
+    #: another, in order); input offsets are committed only below the oldest one
+    #: undecided. As many SMTP connections are kept open.
     max_in_flight: int = 32
     #: Salt of the control-group hash (a rule's ``holdout``): the same salt keeps
     #: every customer on the same side; a new one draws a new split.

@@ -3,15 +3,19 @@ get no email and end ``held_out``; the split is the same on every run."""
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 import time
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+import pytest
 import redis
 
 from stream.embedded import SmtpCatcher
-from stream.settings import Settings
+from stream.settings import Settings, to_environ
 from stream.topics import ensure_topics
 from stream.triggers.holdout import Holdouts
 from tests.helpers import wait_for
@@ -84,3 +88,42 @@ def test_half_held_out_get_no_email_the_rest_do_and_the_split_is_stable(
         assert len(smtp.received()) == 2 * len(treated)
     finally:
         client.close()
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"holdout": 1.0}, "journey.abandonment[0]: holdout must be at least 0 and below 1"),
+        ({"holdout": "half"}, "journey.abandonment[0]: holdout must be a number"),
+    ],
+)
+def test_a_dispatcher_with_a_holdout_out_of_range_stops_at_start_naming_the_rule(
+    settings: Settings, redis_server: Any, change: dict[str, Any], message: str
+) -> None:
+    env = dispatch_settings(settings, redis_server.url, 25)
+    rules = (dict(env.journey.abandonment[0], **change), *env.journey.abandonment[1:])
+    env = replace(env, journey=replace(env.journey, abandonment=rules))
+    proc = subprocess.run(
+        [sys.executable, "-m", "stream.cli", "dispatcher"],
+        env={**os.environ, **to_environ(env)},
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert message in proc.stderr
+
+
+def test_a_dispatcher_with_no_slots_stops_at_start(settings: Settings, redis_server: Any) -> None:
+    env = dispatch_settings(settings, redis_server.url, 25, max_in_flight=0)
+    proc = subprocess.run(
+        [sys.executable, "-m", "stream.cli", "dispatcher"],
+        env={**os.environ, **to_environ(env)},
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert "dispatch.max_in_flight must be from 1 to 10000, not 0" in proc.stderr

@@ -86,9 +86,10 @@ async def test_failed_work_is_never_acked_and_stops_the_next_submit() -> None:
         await runner.submit("c", "p", fine, lambda: acked.append(2))
 
 
-def test_a_limit_below_one_is_refused() -> None:
-    with pytest.raises(ValueError, match="max_in_flight"):
-        InFlight(0)
+@pytest.mark.parametrize("limit", [0, -1, 10_001])
+def test_a_limit_out_of_range_is_refused(limit: int) -> None:
+    with pytest.raises(ValueError, match="max_in_flight must be from 1 to 10000"):
+        InFlight(limit)
 
 
 @settings(max_examples=60, deadline=None)
@@ -141,3 +142,24 @@ def test_any_interleaving_keeps_key_order_and_acks_a_prefix(
         assert peak <= limit
 
     asyncio.run(scenario())
+
+
+async def test_work_of_no_partition_is_ordered_with_its_key_and_its_failure_only_logged() -> None:
+    log: list[str] = []
+    runner = InFlight(4)
+    first = Gate(log, "stream")
+
+    async def released() -> None:
+        log.append("released")
+        raise RuntimeError("redis down")
+
+    await runner.submit("ann", "p", first, lambda: log.append("acked"))
+    await runner.submit("ann", None, released)
+    await settle()
+    assert log == ["start stream"]  # the released one waits for the same customer's
+    first.opened.set()
+    assert await runner.drain(5)
+    assert log == ["start stream", "end stream", "acked", "released"]
+    assert runner.failure is None
+    await runner.submit("bob", "p", first, lambda: None)  # the runner goes on
+    assert await runner.drain(5)
