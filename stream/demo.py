@@ -9,6 +9,12 @@ Abandonment waits are shortened to seconds, so carts are abandoned and emails
 land in the catcher's folder (one .eml per message) within a minute or two. A
 live summary is read from the services' own ``/metrics``; at the end a short
 report is printed and everything is stopped.
+
+Before the live shoppers, a month of journey-map shoppers (``journey simulate
+--map``: a comparison page that helps, a support contact that hurts, an iOS
+checkout incident) is published, so the live journey map (``/map``, its
+address printed at the start) has pain points, moments of truth and alerts to
+show; the final report lists those found.
 """
 
 from __future__ import annotations
@@ -328,6 +334,7 @@ def run_demo(settings: Settings, duration_s: float, rate: float, workdir: Path |
             wait_ready(f"{collector_url}/health", collector, 30)
             wait_ready(f"{worker_url}/ready", worker, 90)
             wait_ready(f"{dispatcher_url}/ready", dispatcher, 90)
+            history = map_history(settings)
             events = demo_events(rate, duration_s, seed=int(time.time()))
             customers = len({e.get("customer_id") or e.get("anonymous_id") for e in events})
             shoppers = Shoppers(settings, events, pos_file, stop)
@@ -335,7 +342,9 @@ def run_demo(settings: Settings, duration_s: float, rate: float, workdir: Path |
                 f"journey demo: worker {worker_url}  collector {collector_url}  "
                 f"{customers} simulated customers over {duration_s:.0f}s (Ctrl-C stops)\n"
                 f"journey demo: the worker's API token (admin) is {stack.api_token}: "
-                f"curl -H 'Authorization: Bearer {stack.api_token}' {worker_url}/funnel",
+                f"curl -H 'Authorization: Bearer {stack.api_token}' {worker_url}/funnel\n"
+                f"journey demo: the live journey map ({history} events of a month of history "
+                f"first): {worker_url}/map?token={stack.api_token}",
                 flush=True,
             )
             reactions = Reactions(
@@ -386,6 +395,52 @@ def run_demo(settings: Settings, duration_s: float, rate: float, workdir: Path |
     return 0
 
 
+#: Journey-map shoppers of the history published before the live ones.
+HISTORY_CUSTOMERS = 1200
+HISTORY_DAYS = 30
+
+
+def map_history(settings: Settings) -> int:
+    """Publish a month of journey-map shoppers, ended a week ago; returns the events sent."""
+    from stream.simulator import MAP_PERSONAS, Incident, generate, produce
+
+    start = int(time.time() * 1000) - (HISTORY_DAYS + 7) * 86_400_000
+    events = generate(
+        HISTORY_CUSTOMERS,
+        seed=20,
+        start_ms=start,
+        span_s=(HISTORY_DAYS - 7) * 86_400,
+        personas=MAP_PERSONAS,
+        incident=Incident(day=HISTORY_DAYS - 12, days=3, platform="ios"),
+    )
+    produce(settings, events, rate=None, pack_sessions=True)
+    return len(events)
+
+
+def map_findings(journey_map: dict[str, Any] | None) -> dict[str, Any] | None:
+    """The journey map's pain points, moments of truth and open alerts (any channel)."""
+    if journey_map is None:
+        return None
+
+    def found(verdict: str) -> list[dict[str, Any]]:
+        return [
+            {"stage": t["stage"], "touchpoint": t["touchpoint"], "lift": t["lift"]}
+            for t in journey_map["touchpoints"]
+            if t["channel"] is None and t["verdict"] == verdict
+        ]
+
+    return {
+        "customers": journey_map["customers"],
+        "pain_points": found("pain_point"),
+        "moments_of_truth": found("moment_of_truth"),
+        "open_alerts": [
+            {"kind": a["kind"], "stage": a["stage"], "touchpoint": a["touchpoint"]}
+            for a in journey_map["alerts"]
+            if a["closed_at"] is None
+        ],
+    }
+
+
 def final_report(
     api_token: str,
     worker_url: str,
@@ -399,7 +454,9 @@ def final_report(
     worker = scrape(f"{worker_url}/metrics")
     collector = scrape(f"{collector_url}/metrics")
     dispatcher = scrape(f"{dispatcher_url}/metrics")
-    status, funnel = http(f"{worker_url}/funnel", headers={"Authorization": f"Bearer {api_token}"})
+    auth = {"Authorization": f"Bearer {api_token}"}
+    status, funnel = http(f"{worker_url}/funnel", headers=auth)
+    map_status, journey_map = http(f"{worker_url}/journey-map", headers=auth)
     return {
         "seconds": round(elapsed, 1),
         "web_events_sent": shoppers.sent["web"],
@@ -426,4 +483,6 @@ def final_report(
         # Follow-ups whose conversion window closed, against what the shoppers were
         # planted to do (only windows closed before the end are counted).
         "followups": loop.summary(worker_url, api_token, DEMO_PLANTED),
+        "journey_map": map_findings(json.loads(journey_map) if map_status == 200 else None),
+        "journey_map_url": f"{worker_url}/map?token={api_token}",
     }

@@ -12,7 +12,7 @@ it is given a role here.
 Outside the embedded stack (``security.allow_default_secrets`` off) a service
 refuses to start with an empty or packaged default secret it uses: the
 tracking-link key, the Redis password, the collector's write keys, an API
-token (:func:`require_secrets`).
+token, a webhook endpoint's signing secret (:func:`require_secrets`).
 """
 
 from __future__ import annotations
@@ -33,6 +33,8 @@ ROLES = (READ, ADMIN)
 
 #: Paths anyone may GET (liveness, readiness, Prometheus).
 OPEN_PATHS = frozenset({"/live", "/ready", "/metrics", "/health"})
+#: Files the pages load (the vendored ECharts): public code, no data.
+STATIC_PREFIX = "/static/"
 #: Paths a ``read`` token may use: aggregates, never one customer's data.
 READ_PATHS = re.compile(
     r"^/(funnel|funnel/local|journey-map|journey-map/local|map|followups|followups/local)/?$"
@@ -57,7 +59,7 @@ def check_tokens(tokens: Mapping[str, str]) -> dict[str, str]:
 
 def required_role(method: str, path: str) -> str | None:
     """The role a request needs (None: open to anyone)."""
-    if method in ("GET", "HEAD") and path in OPEN_PATHS:
+    if method in ("GET", "HEAD") and (path in OPEN_PATHS or path.startswith(STATIC_PREFIX)):
         return None
     if method in ("GET", "HEAD") and READ_PATHS.match(path):
         return READ
@@ -160,18 +162,33 @@ def _api_tokens(settings: Settings) -> str | None:
     return None
 
 
+def _webhook_secrets(settings: Settings) -> str | None:
+    w = settings.webhooks
+    secrets = {str(e.get("name")): str(e.get("secret") or "") for e in w.endpoints}
+    secrets.update(w.secrets)
+    weak = sorted(name for name, secret in secrets.items() if secret in DEFAULT_SECRETS)
+    if weak:
+        return f"leaves webhook endpoint(s) {', '.join(weak)} without a real secret"
+    return None
+
+
 _CHECKS = {
     "JOURNEY_DISPATCH_TRACKING_SECRET": _tracking_secret,
     "JOURNEY_REDIS_URL": _redis_password,
     "JOURNEY_COLLECTOR_WRITE_KEYS": _write_keys,
     "JOURNEY_WORKER_API_TOKENS": _api_tokens,
+    "JOURNEY_WEBHOOKS_SECRETS": _webhook_secrets,
 }
 
 #: The secrets each service uses, by the variable that sets them.
 SERVICE_SECRETS = {
     "worker": ("JOURNEY_WORKER_API_TOKENS",),
     "collector": ("JOURNEY_COLLECTOR_WRITE_KEYS", "JOURNEY_DISPATCH_TRACKING_SECRET"),
-    "dispatcher": ("JOURNEY_DISPATCH_TRACKING_SECRET", "JOURNEY_REDIS_URL"),
+    "dispatcher": (
+        "JOURNEY_DISPATCH_TRACKING_SECRET",
+        "JOURNEY_REDIS_URL",
+        "JOURNEY_WEBHOOKS_SECRETS",
+    ),
     "suppress": ("JOURNEY_REDIS_URL",),
 }
 

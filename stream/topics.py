@@ -43,6 +43,8 @@ def all_topic_partitions(settings: Settings) -> dict[str, int]:
         t.dispatch_dlq,
         t.links,
         t.conversions,
+        t.visits,
+        t.alerts,
     ]
     return {name: t.partitions for name in names}
 
@@ -95,7 +97,12 @@ def create_topics(
         admin.close()
 
 
-def read_topic(bootstrap: str, topic: str, timeout_s: float = 10.0) -> list[Any]:
+def read_topic(
+    bootstrap: str,
+    topic: str,
+    timeout_s: float = 10.0,
+    client: Mapping[str, Any] | None = None,
+) -> list[Any]:
     """Every record on ``topic`` when called (all partitions, from the beginning).
 
     Reads each partition up to the larger of the end offset listed at call time
@@ -103,10 +110,12 @@ def read_topic(bootstrap: str, topic: str, timeout_s: float = 10.0) -> list[Any]
     broker under-reports listed end offsets right after a batched write, while
     its fetch responses carry the true high watermark. Records written after
     that are not chased, so a topic that is being written to all the time (the
-    worker's event-time marks) still reads in bounded time.
+    worker's event-time marks) still reads in bounded time. ``client`` holds
+    kafka-python connection options (:func:`client_options`).
     """
+    options = {"bootstrap_servers": bootstrap, **(client or {})}
     consumer = KafkaConsumer(
-        bootstrap_servers=bootstrap,
+        **options,
         enable_auto_commit=False,
         group_id=None,
         # Tansu answers a fetch with whole batches, beyond kafka-python's 1 MB frame default.

@@ -37,6 +37,8 @@ class Topics:
     links: faust.TopicT
     dispatch: faust.TopicT
     conversions: faust.TopicT
+    visits: faust.TopicT
+    alerts: faust.TopicT
 
 
 def declare_topics(app: faust.App, settings: Settings) -> Topics:
@@ -57,6 +59,8 @@ def declare_topics(app: faust.App, settings: Settings) -> Topics:
         links=topic(t.links),
         dispatch=topic(t.dispatch),
         conversions=topic(t.conversions),
+        visits=topic(t.visits),
+        alerts=topic(t.alerts),
     )
 
 
@@ -69,6 +73,9 @@ def build_worker_app(settings: Settings, **kwargs: Any) -> faust.App:
     from stream.attribution.agent import register_attribution
     from stream.ingest.agent import register_ingest
     from stream.journey.agent import register_journey
+    from stream.journeymap.agent import register_map
+    from stream.journeymap.alerts import register_alerts
+    from stream.journeymap.views import MapViews, register_map_views
 
     faust_ext.patch_all(faust_ext.WORKER)
     app = faust_app(settings, **kwargs)
@@ -76,6 +83,15 @@ def build_worker_app(settings: Settings, **kwargs: Any) -> faust.App:
     shell = register_journey(app, settings, topics)
     register_ingest(app, settings, topics, shell)
     register_attribution(app, settings, topics, shell.partition_of)
+    journey_map = register_map(app, settings, topics, shell.model.all_stages)
+    views = MapViews(
+        app,
+        journey_map,
+        shell.model,
+        lambda: [shell.marks.watermark(p) for p in shell.active_partitions()],
+    )
+    register_map_views(app, views, settings)
+    register_alerts(app, settings, topics, views)
     monitor.install(app, name_prefix="faust")
     watch = StallWatch(settings, lambda: shell.marks.stalls(shell.active_partitions()))
 

@@ -12,6 +12,48 @@ from stream.triggers.trigger import ABANDONMENT, Trigger, TriggerItem
 NOON = 1_767_268_800_000
 
 
+def touchpoint(
+    event_id: str = "e-1",
+    type_: str = "page_view",
+    at: int = NOON,
+    *,
+    channel: str = "web",
+    customer: str | None = None,
+    anon: str | None = None,
+    context: dict[str, Any] | None = None,
+    **props: Any,
+) -> Touchpoint:
+    """A parsed touchpoint; every keyword beyond the named ones is a property."""
+    return Touchpoint(
+        event_id=event_id,
+        type=type_,
+        channel=channel,
+        timestamp=at,
+        customer_id=customer,
+        anonymous_id=anon,
+        properties=props,
+        context=dict(context or {}),
+    )
+
+
+def event(
+    event_id: str | None = "e-1",
+    type: str | None = "page_view",
+    timestamp: int | None = NOON,
+    **fields: Any,
+) -> dict[str, Any]:
+    """A touchpoint as the JSON object producers send; ``fields`` add or override
+    top-level fields (``channel`` defaults to web), and ``field=None`` leaves one out."""
+    obj: dict[str, Any] = {
+        "event_id": event_id,
+        "type": type,
+        "channel": "web",
+        "timestamp": timestamp,
+    }
+    obj.update(fields)
+    return {k: v for k, v in obj.items() if v is not None}
+
+
 def trigger(**kw: Any) -> Trigger:
     """A cart-abandonment trigger with every personalisation field set; ``kw`` overrides."""
     base: dict[str, Any] = dict(

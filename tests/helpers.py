@@ -59,11 +59,19 @@ def isolated_settings(broker_url: str, unique: str, tmp_path: Path) -> Settings:
         "dispatch_dlq": f"journey.dispatch.dlq-{unique}",
         "links": f"journey.links-{unique}",
         "conversions": f"journey.conversions-{unique}",
+        "visits": f"journey.visits-{unique}",
+        "alerts": f"journey.alerts-{unique}",
         "partitions": 4,
     }
+    shipped = load_settings(environ={}).journey
     return load_settings(
         environ={},
         overrides={
+            # Every customer gets every follow-up unless a test sets a holdout itself.
+            "journey": {
+                "abandonment": [{**r, "holdout": 0.0} for r in shipped.abandonment],
+                "followups": [{**f, "holdout": 0.0} for f in shipped.followups],
+            },
             "broker": {"url": broker_url},
             "topics": t,
             "worker": {

@@ -96,6 +96,22 @@ class Service:
     def url(self) -> str:
         raise NotImplementedError
 
+    def metric(self, name: str, **labels: str) -> float:
+        """Sum of a metric's samples matching ``labels`` on this service's /metrics (NaN: down)."""
+        from prometheus_client.parser import text_string_to_metric_families
+
+        status, text = http_get(f"{self.url}/metrics")
+        if status != 200:
+            return float("nan")
+        total = 0.0
+        for family in text_string_to_metric_families(text):
+            for sample in family.samples:
+                if sample.name == name and all(
+                    sample.labels.get(k) == v for k, v in labels.items()
+                ):
+                    total += sample.value
+        return total
+
     def wait_ready(self, timeout: float = 90.0) -> Service:
         """Wait for ``GET {url}/ready`` to answer 200; fail with the log if it exits."""
         name = self.args[0]
@@ -128,22 +144,6 @@ class Worker(Service):
             (t for t, role in self.settings.worker.api_tokens.items() if role == "admin"), None
         )
         return http_request(method, f"{self.url}{path}", timeout=timeout, token=token)
-
-    def metric(self, name: str, **labels: str) -> float:
-        """Sum of a metric's samples matching ``labels`` on this worker's /metrics."""
-        from prometheus_client.parser import text_string_to_metric_families
-
-        status, text = http_get(f"{self.url}/metrics")
-        if status != 200:
-            return float("nan")
-        total = 0.0
-        for family in text_string_to_metric_families(text):
-            for sample in family.samples:
-                if sample.name == name and all(
-                    sample.labels.get(k) == v for k, v in labels.items()
-                ):
-                    total += sample.value
-        return total
 
 
 class PrometheusServer:

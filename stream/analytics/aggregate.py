@@ -200,17 +200,21 @@ class Aggregate:
             return None
         return max(self.buckets) - self.retention_buckets + 1
 
+    def bucket_for(self, effect: VisitEffect) -> int | None:
+        """The bucket ``effect`` counts in (None: a touch in a later bucket, not kept)."""
+        if isinstance(effect, VisitOpened):
+            return self.bucket_of(effect.entered_at)
+        if isinstance(effect, VisitTouched):
+            b = self.bucket_of(effect.at)
+            # Only same-bucket touches are kept (for alerts).
+            return b if b == self.bucket_of(effect.entered_at) else None
+        return self.bucket_of(effect.ended_at)
+
     def add(self, effect: VisitEffect) -> int | None:
         """Count one visit effect; returns the bucket it changed (None: nothing to count)."""
-        if isinstance(effect, VisitOpened):
-            at = effect.entered_at
-        elif isinstance(effect, VisitTouched):
-            at = effect.at
-            if self.bucket_of(at) != self.bucket_of(effect.entered_at):
-                return None  # only same-bucket touches are kept (for alerts)
-        else:
-            at = effect.ended_at
-        b = self.bucket_of(at)
+        b = self.bucket_for(effect)
+        if b is None:
+            return None
         oldest = self.oldest_kept
         if oldest is not None and b < oldest:
             return None

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from stream.defaults import ConfigError
 from stream.journey.model import journey_model
-from stream.journey.stages import StageModel, with_visits
+from stream.journey.stages import StageModel
 from stream.settings import AnalyticsSettings, Settings
 
 
@@ -38,15 +38,6 @@ def check(a: AnalyticsSettings) -> AnalyticsSettings:
 
 
 def map_model(settings: Settings, stage_model: str | None = None) -> StageModel:
-    """The configured journey model (:func:`journey_model`) keeping stage visits."""
-    a = check(settings.analytics)
-    try:
-        return with_visits(
-            journey_model(settings, stage_model),
-            a.visit_window_s,
-            touchpoint_property=a.touchpoint_property,
-            segment=a.segment,
-            max_touchpoints=a.max_visit_touchpoints,
-        )
-    except ValueError as exc:
-        raise ConfigError(f"[analytics] {exc}") from None
+    """The configured journey model (:func:`journey_model`, which keeps stage visits), checked."""
+    check(settings.analytics)
+    return journey_model(settings, stage_model)

@@ -1,4 +1,4 @@
-"""The follow-up dispatcher: triggers in, guarded emails out.
+"""The follow-up dispatcher: triggers in, guarded emails and webhooks out.
 
 Where each job lives:
 
@@ -12,6 +12,8 @@ Where each job lives:
 - ``schedule``     the Redis quiet-hours schedule (survives restarts, leased release)
 - ``signals``      purchases and unsubscribes from ``touchpoints.resolved`` into Redis
 - ``smtp``         sending through an SMTP relay
+- ``webhooks``     the webhook channel: signed requests, retries, breaker, Redis outbox
 - ``dispatcher``   the steps for one trigger, retries, outcomes and dead letters
+- ``inflight``     triggers decided concurrently: bounded, one key in order, acks in order
 - ``app``          the Faust shell: agents, timer, /metrics and /ready
 """

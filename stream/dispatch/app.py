@@ -2,7 +2,9 @@
 
 Consumer group ``<app_id>-dispatcher`` reads ``journey.triggers`` (one Trigger
 JSON per message) and ``touchpoints.resolved`` (purchases and unsubscribes)
-at-least-once; effects are made idempotent by the Redis claim. The web port
+at-least-once; effects are made idempotent by the Redis claim. Triggers are
+decided concurrently, one journey key's in order, and committed only below
+the oldest one undecided (:mod:`stream.dispatch.inflight`). The web port
 serves ``/metrics`` and ``/ready``.
 """
 
@@ -10,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import socket
 from dataclasses import replace
@@ -22,17 +25,21 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from stream import faust_ext
 from stream.app import broker_ssl_context, faust_app
-from stream.defaults import template_files
+from stream.defaults import ConfigError, template_files
 from stream.dispatch.dispatcher import Dispatcher
 from stream.dispatch.erase import Eraser
 from stream.dispatch.guards import Guards, InstanceLease, Keys, LeaseLost
+from stream.dispatch.inflight import InFlight
 from stream.dispatch.outcomes import OutcomeRecord
 from stream.dispatch.render import Renderer
 from stream.dispatch.schedule import Schedule
 from stream.dispatch.signals import SignalProgress, SignalRecorder
 from stream.dispatch.smtp import SmtpSender
+from stream.dispatch.webhooks.wiring import build_webhooks
 from stream.observability import metrics as m
 from stream.settings import Settings, templates_in_use
+from stream.triggers.holdout import Holdouts
+from stream.triggers.playbook import rule_holdouts
 
 log = logging.getLogger(__name__)
 
@@ -117,6 +124,14 @@ def build_dispatcher_app(settings: Settings) -> faust.App:
     t = settings.topics
     # Fail at start, naming the file, rather than at the first send of a rule.
     list(template_files(templates_in_use(settings), d.templates_dir))
+    try:
+        holdouts = Holdouts(
+            rule_holdouts(settings.journey.abandonment, settings.journey.followups),
+            d.holdout_salt,
+        )
+        inflight = InFlight(d.max_in_flight)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
     app = faust_app(settings, store="memory://")
 
     def topic(name: str) -> faust.TopicT:
@@ -135,15 +150,43 @@ def build_dispatcher_app(settings: Settings) -> faust.App:
     lease = InstanceLease(
         client, keys, d.instance_id or socket.gethostname(), int(d.instance_lease_s * 1000)
     )
+    renderer = Renderer(d.templates_dir or None)
+    # Refuses to start on a rule naming an unknown endpoint or an endpoint without a secret.
+    webhooks, webhook_delivery = build_webhooks(settings, client, keys.prefix, renderer, outbox)
+    relay = SmtpSender(settings.smtp, d.smtp_timeout_s, pool_size=d.max_in_flight)
     dispatcher = Dispatcher(
         settings,
         Guards(client, keys, lease),
         Schedule(client, keys),
         SignalProgress(client, keys, t.resolved, t.partitions, end_offsets),
-        Renderer(d.templates_dir or None),
-        SmtpSender(settings.smtp, d.smtp_timeout_s),
+        renderer,
+        relay,
         outbox,
+        holdouts=holdouts,
+        webhooks=webhooks,
     )
+    if webhook_delivery is not None:
+        delivery = webhook_delivery
+
+        @app.task
+        async def deliver_webhooks() -> None:
+            # Beside the trigger agent: a slow endpoint never holds up a decision or an email.
+            await delivery.run()
+
+        async def close_webhooks(sender: Any, /, *args: Any, signal: Any, **kwargs: Any) -> None:
+            await delivery.close()
+
+        app.on_before_shutdown.connect(close_webhooks)
+
+    m.DISPATCH_IN_FLIGHT.set_function(lambda: inflight.count)
+
+    async def finish_in_flight(sender: Any, /, *args: Any, signal: Any, **kwargs: Any) -> None:
+        # Decisions under way end (and are acked, so committed) before the consumer stops.
+        if not await inflight.drain(d.smtp_timeout_s + 5.0):
+            log.warning("%d triggers still in flight at shutdown; re-read at start", inflight.count)
+        await relay.close()
+
+    app.on_before_shutdown.connect(finish_in_flight)
 
     async def close_end_offsets(sender: Any, /, *args: Any, signal: Any, **kwargs: Any) -> None:
         # Its consumer is started on the first purchase re-check; unclosed, aiokafka
@@ -194,8 +237,17 @@ def build_dispatcher_app(settings: Settings) -> faust.App:
 
     @app.agent(triggers, name="dispatch")
     async def dispatch(stream: faust.StreamT) -> None:
-        async for event in stream.events():
-            await dispatcher.on_trigger(event.value, source_headers(event))
+        # Acks are InFlight's: each event is acked once it and every earlier one of its
+        # partition are decided, so commits never pass an undecided trigger.
+        manual = stream.noack()  # type: ignore[attr-defined]  # Stream has it, StreamT not
+        async for event in manual.events():
+            msg = event.message
+            await inflight.submit(
+                key=msg.key if msg.key is not None else msg.tp,
+                partition=msg.tp,
+                work=functools.partial(dispatcher.on_trigger, event.value, source_headers(event)),
+                ack=event.ack,
+            )
 
     @app.agent(resolved, name="signals")
     async def signals(stream: faust.StreamT) -> None:
@@ -216,7 +268,10 @@ def build_dispatcher_app(settings: Settings) -> faust.App:
     @app.timer(interval=d.schedule_poll_s)
     async def release_due() -> None:
         try:
-            await dispatcher.release_due()
+            # Beside the stream's triggers, in order with the same customer's.
+            await dispatcher.release_due(
+                run=lambda key, work: inflight.submit(key.encode(), None, work)
+            )
         except redis.exceptions.RedisError as exc:
             m.DISPATCH_ERRORS.labels(stage="redis").inc()
             log.warning("cannot release scheduled follow-ups: %r", exc)

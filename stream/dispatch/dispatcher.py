@@ -1,4 +1,4 @@
-"""One trigger from decision to outcome: claim, screen, cap, render, send, record.
+"""One trigger from decision to outcome: claim, screen, cap, hold out or render and send, record.
 
 The order of the checks and why is in :mod:`stream.dispatch.policy`. Every
 decision is published to ``journey.dispatch`` and counted in
@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import time
 import uuid
@@ -38,14 +39,21 @@ from stream.dispatch.render import Renderer, RenderError
 from stream.dispatch.schedule import Schedule
 from stream.dispatch.signals import SignalProgress
 from stream.dispatch.smtp import SendError, SmtpSender
+from stream.dispatch.webhooks.channel import WebhookChannel
 from stream.observability import metrics as m
 from stream.settings import Settings
+from stream.triggers.channels import EMAIL_ONLY
+from stream.triggers.holdout import Holdouts
 from stream.triggers.trigger import Trigger
 
 log = logging.getLogger(__name__)
 
 CHANNEL = "email"
 UNKNOWN_RULE = "unknown"
+
+
+#: Starts a dispatch: ``run(journey_key, work)``.
+Run = Callable[[str, Callable[[], Awaitable[object]]], Awaitable[None]]
 
 
 class Outbox(Protocol):
@@ -77,6 +85,8 @@ class Dispatcher:
         outbox: Outbox,
         clock: Callable[[], float] = time.time,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+        holdouts: Holdouts | None = None,
+        webhooks: WebhookChannel | None = None,
     ) -> None:
         self.settings = settings
         self.config = settings.dispatch
@@ -88,6 +98,8 @@ class Dispatcher:
         self.outbox = outbox
         self.clock = clock
         self.sleep = sleep
+        self.holdouts = holdouts or Holdouts()
+        self.webhooks = webhooks
         self.quiet = QuietHours.parse(self.config.quiet_start, self.config.quiet_end)
 
     def now_ms(self) -> int:
@@ -184,7 +196,10 @@ class Dispatcher:
 
         signals = await self.guards.signals(trigger)
         now = self.now_ms()
-        decision = screen(trigger, signals, now, self.quiet, cfg.default_timezone)
+        route = self.webhooks.route(trigger.rule) if self.webhooks else EMAIL_ONLY
+        decision = screen(
+            trigger, signals, now, self.quiet, cfg.default_timezone, needs_email=route.email
+        )
         if decision is not None and decision.outcome == outcomes.DELAYED_QUIET_HOURS:
             assert decision.release_at is not None
             await self.schedule.put(tid, raw, decision.release_at, now, claim_ttl_ms)
@@ -196,6 +211,13 @@ class Dispatcher:
 
         customer = customer_of(trigger)
         window_ms = int(cfg.cap_window_s * 1000)
+        if self.holdouts.held_out(trigger.rule, customer):
+            # The control group: the cap applies as it would to a send, but no slot is taken.
+            if await self.guards.cap_reached(customer, CHANNEL, now, window_ms, cfg.cap_max):
+                reason = f"{cfg.cap_max} {CHANNEL} follow-ups within {cfg.cap_window_s:g}s"
+                return await self._settle(trigger, released, outcomes.CAPPED, reason)
+            reason = f"in the control group of rule {trigger.rule!r}"
+            return await self._settle(trigger, released, outcomes.HELD_OUT, reason)
         if not await self.guards.take_cap_slot(customer, CHANNEL, tid, now, window_ms, cfg.cap_max):
             reason = f"{cfg.cap_max} {CHANNEL} follow-ups within {cfg.cap_window_s:g}s"
             return await self._settle(trigger, released, outcomes.CAPPED, reason)
@@ -203,7 +225,7 @@ class Dispatcher:
             if self.guards.lease is not None:
                 # Paused past the lease, another process may be this instance now.
                 await self.guards.lease.check()
-            msg_id = await self._send(trigger, now)
+            msg_id, how = await self._send_channels(trigger, raw, now)
         except BaseException:
             with contextlib.suppress(redis.exceptions.RedisError):
                 await self.guards.give_back_cap_slot(customer, CHANNEL, tid)
@@ -211,9 +233,25 @@ class Dispatcher:
         if trigger.fired_at:
             m.TRIGGER_TO_SEND.observe(max(0.0, self.clock() - trigger.fired_at / 1000))
         await self._after_send(trigger, released)
-        return await self._publish(
-            trigger, outcomes.SENT, "accepted by the SMTP relay", message_id=msg_id
-        )
+        return await self._publish(trigger, outcomes.SENT, how, message_id=msg_id)
+
+    async def _send_channels(
+        self, trigger: Trigger, raw: bytes, now: int
+    ) -> tuple[str | None, str]:
+        """Send a decided trigger through its rule's channels: (email message id, how).
+
+        Webhooks are queued first (idempotent, delivered beside this agent), so
+        retrying a failed email never queues them twice; a webhook-only rule sends no email.
+        """
+        route = self.webhooks.route(trigger.rule) if self.webhooks else EMAIL_ONLY
+        queued = ""
+        if self.webhooks is not None and route.webhooks:
+            await self.webhooks.queue(trigger, raw, route, now)
+            queued = f"queued for webhook {', '.join(route.webhooks)}"
+        if not route.email:
+            return None, queued
+        msg_id = await self._send(trigger, now)
+        return msg_id, "; ".join(filter(None, ("accepted by the SMTP relay", queued)))
 
     async def _send(self, trigger: Trigger, now: int) -> str:
         cfg = self.config
@@ -304,8 +342,13 @@ class Dispatcher:
         log.info("trigger %s (%s): %s - %s", trigger.trigger_id, trigger.rule, outcome, reason)
         return outcome
 
-    async def release_due(self, limit: int = 100) -> int:
-        """Dispatch quiet-hours entries whose time has come (timer); returns how many."""
+    async def release_due(self, limit: int = 100, run: Run | None = None) -> int:
+        """Dispatch quiet-hours entries whose time has come (timer); returns how many.
+
+        ``run(journey_key, work)`` starts each one's dispatch (default: here, one
+        after another); an entry whose dispatch fails stays leased in the
+        schedule and is taken again when its lease runs out.
+        """
         lease_ms = int(self.config.schedule_lease_s * 1000)
         due = await self.schedule.take_due(self.now_ms(), lease_ms, limit)
         for trigger_id, raw in due:
@@ -322,6 +365,10 @@ class Dispatcher:
                 )
                 await self.schedule.remove(trigger_id)
                 continue
-            await self.dispatch(trigger, raw, released=True)
+            work = functools.partial(self.dispatch, trigger, raw, released=True)
+            if run is None:
+                await work()
+            else:
+                await run(trigger.journey_key, work)
         m.DISPATCH_SCHEDULED.set(await self.schedule.size())
         return len(due)

@@ -281,6 +281,13 @@ class Guards:
         )
         return bool(int(taken))
 
+    async def cap_reached(
+        self, customer: str, channel: str, now_ms: int, window_ms: int, cap: int
+    ) -> bool:
+        """Whether a send now would be capped; reads only, so it takes no slot."""
+        key = self.keys.cap(channel, customer)
+        return int(await self.client.zcount(key, f"({now_ms - window_ms}", "+inf")) >= cap
+
     async def give_back_cap_slot(self, customer: str, channel: str, trigger_id: str) -> None:
         await self.client.zrem(self.keys.cap(channel, customer), trigger_id)
 

@@ -16,6 +16,8 @@ CANCELLED_PURCHASED = "cancelled_purchased"
 UNREACHABLE = "unreachable"
 FAILED = "failed"
 ERASED = "erased"
+#: Passed every check but not sent: the customer is in the rule's control group.
+HELD_OUT = "held_out"
 
 ALL = (
     SENT,
@@ -27,6 +29,7 @@ ALL = (
     UNREACHABLE,
     FAILED,
     ERASED,
+    HELD_OUT,
 )
 #: Outcomes after which the trigger is settled (a re-delivery is a duplicate).
 FINAL = frozenset(ALL) - {DELAYED_QUIET_HOURS, FAILED, DEDUPLICATED}

@@ -15,7 +15,11 @@ The dispatcher runs its checks in this order, each for a reason:
    to open, and it is screened again (consent, purchase) when released;
 7. frequency cap (Redis, atomic, in ``guards``): last before the send, so a
    slot is only taken by an email that actually goes now; a delayed trigger
-   does not hold a slot overnight, and a failed send gives its slot back.
+   does not hold a slot overnight, and a failed send gives its slot back;
+8. control group (:mod:`stream.triggers.holdout`, in ``dispatcher``): a
+   customer the rule holds out has passed every check above (the cap only
+   read, no slot taken) and ends ``held_out`` instead of being sent, so the
+   treated and the control customers differ in the send alone.
 """
 
 from __future__ import annotations
@@ -54,8 +58,12 @@ def screen(
     now_ms: int,
     quiet: QuietHours,
     default_timezone: str,
+    needs_email: bool = True,
 ) -> Screen | None:
-    """None when the trigger may be sent now (subject to the frequency cap)."""
+    """None when the trigger may be sent now (subject to the frequency cap).
+
+    ``needs_email``: the rule sends email (a webhook-only rule needs no address).
+    """
     if signals.erased_at is not None and trigger.event_at <= signals.erased_at:
         return Screen(outcomes.ERASED, "the customer's journey was erased after this event")
     if signals.unsubscribed:
@@ -71,7 +79,7 @@ def screen(
             outcomes.CANCELLED_PURCHASED,
             f"purchase at {signals.purchased_at} after the wait began at {trigger.event_at}",
         )
-    if not trigger.email:
+    if needs_email and not trigger.email:
         return Screen(outcomes.UNREACHABLE, "no email address")
     zone = zone_of(trigger.timezone, default_timezone)
     release = quiet.release_at(now_ms, zone)

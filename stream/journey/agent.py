@@ -35,13 +35,13 @@ from stream.contract import Touchpoint
 from stream.faust_ext.fastpath import send_direct
 from stream.journey import dead_letters, linking, rules
 from stream.journey.clock import NEVER, DueIndex, check_messages
-from stream.journey.emit import Emitter
+from stream.journey.emit import Emitter, counted_stage, observe_time_in_stage
 from stream.journey.linking import Step
 from stream.journey.marks import Marks
 from stream.journey.model import journey_model
 from stream.journey.rules import Effect
 from stream.journey.stages import StageModel
-from stream.journey.state import JourneyState, Transition
+from stream.journey.state import JourneyState
 from stream.journey.store import JourneyStore
 from stream.observability import metrics as m
 from stream.settings import Settings
@@ -63,25 +63,6 @@ BATCH_WINDOW_S = 0.02
 
 def now_ms() -> int:
     return int(time.time() * 1000)
-
-
-def counted_stage(state: JourneyState | None) -> str | None:
-    """The stage a journey counts in for the stage gauge (merged journeys don't)."""
-    if state is None or state.merged_into is not None:
-        return None
-    return state.stage
-
-
-def observe_time_in_stage(state: JourneyState, effects: list[Effect]) -> None:
-    """Observe how long (event time) ``state`` stayed in each stage it just left."""
-    for tr in effects:
-        if not isinstance(tr, Transition) or tr.from_stage is None:
-            continue
-        for visit in reversed(state.history):
-            if visit.stage == tr.from_stage and visit.left_at == tr.at:
-                seconds = (visit.left_at - visit.entered_at) / 1000
-                m.TIME_IN_STAGE.labels(stage=tr.from_stage).observe(max(0.0, seconds))
-                break
 
 
 class JourneyShell:
@@ -128,10 +109,14 @@ class JourneyShell:
             state = self.store.load(key)
             before = counted_stage(state)
             step = make(state)
+            visits = rules.visit_effects(step.effects)
+            seq = 0 if step.state is None else step.state.visit_seq
+            if visits and step.state is not None:
+                step.state.visit_seq = seq + len(visits)  # numbered for de-duplication
             staged = None
             if step.erase:
                 staged = self.store.erased(partition, key, self.event)
-            elif step.save and step.state is not None:
+            elif (step.save or visits) and step.state is not None:
                 staged = self.store.encode(partition, step.state, self.event)
         except Exception as exc:
             self.store.restore(key)
@@ -139,7 +124,9 @@ class JourneyShell:
         if staged is not None:
             self.store.stage(staged)
             self._count(partition, before, counted_stage(step.state))
+        self.emitter.visits(partition, key, seq, visits)
         if step.erase:
+            self.emitter.visits_erased(partition, key)
             self.due[partition].schedule(key, None)
             self.emitter.unlink(key, step.unlinks)
             m.ERASURES.inc()
@@ -189,11 +176,13 @@ class JourneyShell:
                 await self.on_check(event)
             self.event = None
             await self.emitter.send_forwards()
+            await self.emitter.send_visits()
             await self.store.flush()
         except BaseException:
             self.store.discard()
             self.emitter.outbox.clear()
             self.emitter.unlinks.clear()
+            self.emitter.visit_records.clear()
             self.event = None
             raise
 

@@ -9,6 +9,9 @@ answers, events of merged journeys) go out packed per partition when the batch
 ends, as ingest sends its own; the journey agent of this process takes them
 back decoded (:class:`~stream.faust_ext.fastpath.Handoff`). An erased journey's
 identity records are erased by ``unlink`` messages on ``journey.links``.
+Stage visits go to ``journey.visits``, one record per journey step, keyed by
+journey key on the journey's partition (:mod:`stream.journey.visit_records`), when
+the batch ends.
 """
 
 from __future__ import annotations
@@ -28,7 +31,10 @@ from stream.contract import Touchpoint
 from stream.faust_ext.fastpath import Handoff, key_partitions, send_direct
 from stream.ingest import identity
 from stream.journey import rules
+from stream.journey import visit_records as records
 from stream.journey.rules import Effect
+from stream.journey.state import JourneyState, Transition
+from stream.journey.visits import VisitEffect
 from stream.observability import metrics as m
 from stream.settings import Settings
 from stream.triggers.trigger import ABANDONMENT
@@ -36,6 +42,25 @@ from stream.triggers.trigger import ABANDONMENT
 
 def now_ms() -> int:
     return int(time.time() * 1000)
+
+
+def counted_stage(state: JourneyState | None) -> str | None:
+    """The stage a journey counts in for the stage gauge (merged journeys don't)."""
+    if state is None or state.merged_into is not None:
+        return None
+    return state.stage
+
+
+def observe_time_in_stage(state: JourneyState, effects: list[Effect]) -> None:
+    """Observe how long (event time) ``state`` stayed in each stage it just left."""
+    for tr in effects:
+        if not isinstance(tr, Transition) or tr.from_stage is None:
+            continue
+        for visit in reversed(state.history):
+            if visit.stage == tr.from_stage and visit.left_at == tr.at:
+                seconds = (visit.left_at - visit.entered_at) / 1000
+                m.TIME_IN_STAGE.labels(stage=tr.from_stage).observe(max(0.0, seconds))
+                break
 
 
 class Emitter:
@@ -64,6 +89,25 @@ class Emitter:
         #: ``journey.links`` is co-partitioned with ``touchpoints``: an alias's
         #: identity record lives on the partition its raw id hashes to.
         self.links_partition = key_partitions(app, settings.topics.touchpoints)
+        #: This batch's ``journey.visits`` records: (partition, journey key, value).
+        self.visit_records: list[tuple[int, str, bytes]] = []
+
+    def visits(self, partition: int, key: str, seq: int, effects: list[VisitEffect]) -> None:
+        """Publish a step's visit effects, numbered from ``seq``, when this batch ends."""
+        if effects:
+            self.visit_records.append((partition, key, records.encode(key, seq, effects)))
+
+    def visits_erased(self, partition: int, key: str) -> None:
+        """End an erased journey's visit numbering (when this batch ends)."""
+        self.visit_records.append((partition, key, records.encode_erase(key)))
+
+    async def send_visits(self) -> None:
+        """Send this batch's ``journey.visits`` records, in the order the steps ran."""
+        out, self.visit_records = self.visit_records, []
+        for partition, key, value in out:
+            await send_direct(
+                self.app, self.topics.visits, value, key=key.encode(), partition=partition
+            )
 
     def forward(self, key: str, tps: list[Touchpoint]) -> None:
         """Pass touchpoints on to another journey when this batch ends."""

@@ -70,6 +70,9 @@ class Marks:
         self.processed: dict[TP, int] = {}
         #: Whether each assigned input partition is read to its end (refreshed by a timer).
         self.read_to_end: dict[TP, bool] = {}
+        #: Input partitions with a consumer-lag series; kept apart from ``read_to_end``
+        #: (cleared on assignment), so a partition that went elsewhere loses its series.
+        self._lag_series: set[TP] = set()
         w = settings.worker
         # An idle partition's watermark trails the clock by the allowed lateness.
         lateness_s = settings.journey.allowed_lateness_s
@@ -109,6 +112,7 @@ class Marks:
         tps = [tp for tp in consumer.assignment() if tp.topic in names]
         if not tps:
             self.read_to_end = {}
+            self._drop_lag_series_except(set())
             return
         ends = await consumer.highwaters(*tps)
         # Nothing processed yet in this assignment: where the consumer was seeked to.
@@ -127,9 +131,13 @@ class Marks:
             lag = max(0, max(known) - position) if known else 0
             m.CONSUMER_LAG.labels(topic=tp.topic, partition=str(tp.partition)).set(lag)
             self.liveness.observe_input(f"{tp.topic}:{tp.partition}", position, lag, t)
-        for gone in set(self.read_to_end) - set(status):
-            m.CONSUMER_LAG.remove(gone.topic, str(gone.partition))
+        self._drop_lag_series_except(set(status))
         self.read_to_end = status
+
+    def _drop_lag_series_except(self, kept: set[TP]) -> None:
+        for gone in self._lag_series - kept:
+            m.CONSUMER_LAG.remove(gone.topic, str(gone.partition))
+        self._lag_series = kept
 
     # -- marks ------------------------------------------------------------------
     def observe_source(self, partition: int, newest: int, now: int) -> None:

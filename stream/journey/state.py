@@ -164,6 +164,8 @@ class JourneyState:
     visit: OpenVisit | None = None
     #: The latest value of the analytics segment dimension seen on the journey.
     segment_value: str | None = None
+    #: Visit effects published so far (stream shell only: numbers them for de-duplication).
+    visit_seq: int = 0
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -259,6 +261,7 @@ class JourneyState:
             "journal_truncated": self.journal_truncated,
             "visit": None if self.visit is None else self.visit.to_dict(),
             "segment_value": self.segment_value,
+            "visit_seq": self.visit_seq,
         }
 
     @classmethod
@@ -315,6 +318,7 @@ class JourneyState:
             # States stored before visits were kept have neither: they load as none.
             visit=None if visit is None else OpenVisit.from_dict(visit),
             segment_value=d.get("segment_value"),
+            visit_seq=int(d.get("visit_seq", 0)),
         )
 
     def dumps(self) -> bytes:
@@ -334,6 +338,7 @@ class JourneyState:
             "linked",
             "journal",
             "journal_truncated",
+            "visit_seq",
         ):
             d.pop(private)
         d["pending_events"] = len(self.pending)

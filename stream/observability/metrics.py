@@ -192,7 +192,8 @@ FOLLOWUP_OPEN = Gauge(
 DISPATCH_OUTCOMES = Counter(
     "journey_dispatch_outcomes_total",
     "Dispatcher decisions per trigger: sent, deduplicated, suppressed_consent, capped, "
-    "delayed_quiet_hours, cancelled_purchased, unreachable, failed.",
+    "delayed_quiet_hours, cancelled_purchased, unreachable, failed, erased, held_out "
+    "(in the rule's control group: every check passed, not sent).",
     ["rule", "outcome"],
 )
 DISPATCH_ERRORS = Counter(
@@ -206,7 +207,70 @@ TRIGGER_TO_SEND = Histogram(
     "(includes quiet-hours delays).",
     buckets=(0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60, 300, 3600, 43200),
 )
+DISPATCH_IN_FLIGHT = Gauge(
+    "journey_dispatch_in_flight",
+    "Triggers being decided at once (at most dispatch.max_in_flight), waiting for their "
+    "customer's earlier trigger included.",
+)
 DISPATCH_SCHEDULED = Gauge(
     "journey_dispatch_scheduled",
     "Follow-ups waiting in the quiet-hours schedule (Redis sorted set).",
+)
+WEBHOOK_REQUESTS = Counter(
+    "journey_webhook_requests_total",
+    "Webhook requests by endpoint and result: ok, client_error, server_error, "
+    "rate_limited, timeout, connection_error.",
+    ["endpoint", "result"],
+)
+WEBHOOK_DELIVERIES = Counter(
+    "journey_webhook_deliveries_total",
+    "Webhook deliveries finished, by endpoint and result: delivered, dead_lettered.",
+    ["endpoint", "result"],
+)
+WEBHOOK_BREAKER = Gauge(
+    "journey_webhook_breaker_state",
+    "Circuit breaker of each webhook endpoint: 0 closed, 1 half-open, 2 open.",
+    ["endpoint"],
+)
+WEBHOOK_PENDING = Gauge(
+    "journey_webhook_pending",
+    "Webhook deliveries queued in Redis per endpoint (due or waiting for a retry).",
+    ["endpoint"],
+)
+
+# -- journey map ----------------------------------------------------------------
+MAP_VISITS = Counter(
+    "journey_map_visits_total",
+    "Stage visits counted by the analytics agent, by stage and outcome (opened, "
+    "advanced, dropped, merged); each visit effect once, however often it is delivered.",
+    ["stage", "outcome"],
+)
+MAP_TOUCHPOINT_VISITS = Gauge(
+    "journey_map_touchpoint_visits",
+    "Touchpoint impact counts of the whole journey map (any channel): closed visits of "
+    "a stage with or without the touchpoint (group), and of those the ones that advanced "
+    "(advanced = yes/no). Reported by one worker (the alert evaluator).",
+    ["stage", "touchpoint", "group", "advanced"],
+)
+MAP_TOUCHPOINT_LIFT = Gauge(
+    "journey_map_touchpoint_lift",
+    "Advance rate of a stage's visits with the touchpoint over those without it, with "
+    "its verdict (moment_of_truth, pain_point, neutral, insufficient).",
+    ["stage", "touchpoint", "verdict"],
+)
+MAP_ALERTS_OPEN = Gauge(
+    "journey_map_alerts_open",
+    "Journey-map alerts open now (1 per alert), by kind, stage and touchpoint.",
+    ["kind", "stage", "touchpoint"],
+)
+MAP_ALERT_CHANGES = Counter(
+    "journey_map_alert_changes_total",
+    "Journey-map alerts published to journey.alerts, by kind and event (opened, closed).",
+    ["kind", "event"],
+)
+MAP_RECORDS = Counter(
+    "journey_map_records_total",
+    "journey.visits records handled by the analytics agent, by outcome (counted, "
+    "duplicate: every effect already counted, dead_letter).",
+    ["outcome"],
 )

@@ -11,6 +11,9 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from stream.triggers.channels import parse_route
+from stream.triggers.holdout import check_fraction
+
 #: What must hold for an abandonment wait to stay open.
 REQUIRES = ("cart", "checkout", "session_views")
 
@@ -36,6 +39,8 @@ class AbandonmentRule:
     requires: str = "cart"
     restart: frozenset[str] = frozenset()
     min_count: int = 0
+    #: Share of customers held out of this rule's sends (the control group).
+    holdout: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -46,6 +51,8 @@ class StageFollowUp:
     to_stage: str
     template: str
     first_time: bool = True
+    #: Share of customers held out of this rule's sends (the control group).
+    holdout: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -60,6 +67,12 @@ class Playbook:
     @property
     def empty(self) -> bool:
         return not (self.abandonment or self.followups)
+
+    def holdouts(self) -> dict[str, float]:
+        """Each rule's holdout fraction, by rule name."""
+        out = {r.name: r.holdout for r in self.abandonment}
+        out.update((f.name, f.holdout) for f in self.followups)
+        return out
 
 
 def _types(raw: Mapping[str, Any], name: str, where: str) -> frozenset[str]:
@@ -102,6 +115,7 @@ def parse_playbook(
         wait_s = raw.get("wait_s")
         if not isinstance(wait_s, int | float) or wait_s <= 0:
             raise ValueError(f"{where}: wait_s must be a positive number of seconds")
+        parse_route(raw, where)
         start = _types(raw, "start", where)
         if not start:
             raise ValueError(f"{where}: start must name at least one event type")
@@ -115,6 +129,7 @@ def parse_playbook(
                 template=str(raw.get("template") or f"{name}_abandoned"),
                 requires=requires,
                 min_count=int(raw.get("min_count", 0)),
+                holdout=check_fraction(raw.get("holdout", 0.0), where),
             )
         )
     known = set(stages)
@@ -127,6 +142,8 @@ def parse_playbook(
         if name in names:
             raise ValueError(f"{where}: duplicate rule name {name!r}")
         names.add(name)
+        holdout = check_fraction(raw.get("holdout", 0.0), where)
+        parse_route(raw, where)
         if isinstance(to_stage, str) and to_stage.startswith("$"):
             if to_stage[1:] not in roles:
                 raise ValueError(f"{where}: unknown role {to_stage!r} (use $purchase or $loyalty)")
@@ -141,6 +158,7 @@ def parse_playbook(
                 to_stage=str(to_stage),
                 template=str(raw.get("template") or name),
                 first_time=bool(raw.get("first_time", True)),
+                holdout=holdout,
             )
         )
     return Playbook(
@@ -149,3 +167,18 @@ def parse_playbook(
         session_gap_ms=int(session_gap_s * 1000),
         recovery_within_ms=int(recovery_within_s * 1000),
     )
+
+
+def rule_holdouts(
+    abandonment: Iterable[Mapping[str, Any]], followups: Iterable[Mapping[str, Any]]
+) -> dict[str, float]:
+    """Each configured rule's holdout fraction by name, checked as :func:`parse_playbook`
+    checks it (the dispatcher needs these alone, without a stage model)."""
+    out: dict[str, float] = {}
+    for section, entries in (("abandonment", abandonment), ("followups", followups)):
+        for i, raw in enumerate(entries):
+            where = f"journey.{section}[{i}]"
+            name = raw.get("name")
+            if isinstance(name, str) and name:
+                out[name] = check_fraction(raw.get("holdout", 0.0), where)
+    return out

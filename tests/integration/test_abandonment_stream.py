@@ -17,22 +17,11 @@ import orjson
 from stream import simulator
 from stream.settings import Settings
 from stream.topics import ensure_topics
+from tests.builders import event
 from tests.helpers import read_topic, wait_for
 from tests.procs import Worker
 
 MIN = 60_000
-
-
-def event(event_id: str, type_: str, at: int, **fields: Any) -> dict[str, Any]:
-    props = fields.pop("properties", {})
-    return {
-        "event_id": event_id,
-        "type": type_,
-        "channel": "web",
-        "timestamp": at,
-        "properties": props,
-        **fields,
-    }
 
 
 def shopper(name: str, now: int, added_ago_min: int) -> list[dict[str, Any]]:

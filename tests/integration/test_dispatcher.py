@@ -91,11 +91,14 @@ class Kafka:
         self.settings = settings
         self.producer = KafkaProducer(bootstrap_servers=settings.broker.bootstrap, acks="all")
 
-    def trigger(self, t: Trigger) -> None:
-        self.producer.send(
+    def trigger(self, t: Trigger, flush: bool = True) -> Any:
+        """Send ``t``; its future gives the record's partition and offset."""
+        sent = self.producer.send(
             self.settings.topics.triggers, key=t.journey_key.encode(), value=t.dumps()
         )
-        self.producer.flush()
+        if flush:
+            self.producer.flush()
+        return sent
 
     def resolved(self, journey_key: str, *tps: Touchpoint) -> None:
         partition = partition_for(journey_key, self.settings.topics.partitions)

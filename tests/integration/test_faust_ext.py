@@ -13,6 +13,7 @@ import asyncio
 import hashlib
 import inspect
 import logging
+import tomllib
 from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
@@ -23,11 +24,14 @@ import faust
 import pytest
 from faust.transport.producer import ProducerBuffer
 from faust.types import TP
+from packaging.requirements import Requirement
+from packaging.specifiers import SpecifierSet
 from prometheus_client import CollectorRegistry
 
 from stream import faust_ext
 from stream.app import faust_app
 from stream.faust_ext import (
+    CHECKED_VERSIONS,
     ExtOptions,
     check_versions,
     fetch_wait,
@@ -129,6 +133,20 @@ def test_versions_outside_the_checked_ranges_are_refused() -> None:
         check_versions({"faust-streaming": "0.16.0", "aiokafka": "0.14.0"})
     with pytest.raises(faust_ext.UnsupportedVersion, match=r"aiokafka 0\.12\.0"):
         check_versions({"faust-streaming": "0.15.3", "aiokafka": "0.12.0"})
+
+
+def test_pyproject_pins_the_checked_versions() -> None:
+    """pip cannot install a Faust or aiokafka that :func:`check_versions` would refuse."""
+    pyproject = tomllib.loads((Path(__file__).resolve().parents[2] / "pyproject.toml").read_text())
+    pins = {
+        req.name: req.specifier
+        for req in map(Requirement, pyproject["project"]["dependencies"])
+        if req.name in CHECKED_VERSIONS
+    }
+    assert set(pins) == set(CHECKED_VERSIONS)
+    for package, (low, high) in CHECKED_VERSIONS.items():
+        lowest, above = ".".join(map(str, low)), ".".join(map(str, high))
+        assert pins[package] == SpecifierSet(f">={lowest},<{above}"), (package, pins[package])
 
 
 def test_patches_apply_once_and_undo() -> None:

@@ -235,6 +235,47 @@ def test_partitions_handed_back_without_new_traffic_let_the_watermark_move_on(
         first.stop()
 
 
+def lag_series(worker: Worker) -> set[str]:
+    """``topic:partition`` of every consumer-lag series on the worker's /metrics."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    status, text = http_get(f"{worker.url}/metrics")
+    return {
+        f"{sample.labels['topic']}:{sample.labels['partition']}"
+        for family in text_string_to_metric_families(text if status == 200 else "")
+        for sample in family.samples
+        if sample.name == "journey_consumer_lag_messages"
+    }
+
+
+def test_consumer_lag_is_reported_only_for_partitions_the_worker_owns(
+    settings: Settings, tmp_path: Path
+) -> None:
+    s = group(settings, allowed_lateness_s=5.0, idle_s=1.0)
+    first = Worker(with_data_dir(s, tmp_path / "w1"), tmp_path / "worker-1.log")
+    second = Worker(with_data_dir(s, tmp_path / "w2"), tmp_path / "worker-2.log")
+    inputs = (s.topics.touchpoints, s.topics.resolved)
+    every = {f"{t}:{p}" for t in inputs for p in range(s.topics.partitions)}
+    try:
+        first.start().wait_ready()
+        send_to_every_partition(s, "before")
+        wait_for(lambda: lag_series(first), lambda got: got == every, timeout_s=60)
+        # Half of the partitions go to a second worker: their series go with them.
+        second.start()
+        split = wait_for(
+            lambda: (owned(first, s.topics.resolved), owned(second, s.topics.resolved)),
+            lambda o: bool(o[0]) and bool(o[1]) and not (o[0] & o[1]),
+            timeout_s=90,
+            every_s=0.2,
+        )
+        mine = {f"{t}:{p}" for t in inputs for p in split[0]}
+        got = wait_for(lambda: lag_series(first), lambda got: got == mine, timeout_s=30)
+        assert got == mine and got != every
+    finally:
+        second.stop()
+        first.stop()
+
+
 def test_a_watermark_frozen_by_a_stalled_worker_fails_live_and_ready(
     settings: Settings, tmp_path: Path
 ) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from functools import partial
 from pathlib import Path
 
 import orjson
@@ -11,10 +12,13 @@ from kafka import KafkaProducer
 from stream import contract
 from stream.settings import Settings
 from stream.topics import ensure_topics
+from tests import builders
 from tests.helpers import read_topic, wait_for
 from tests.procs import Worker
 
 T0 = 1_767_225_600_000  # 2026-01-01T00:00:00Z
+
+tp = partial(builders.event, timestamp=T0)
 
 
 def packed_resolved(bootstrap: str, topic: str) -> list:
@@ -33,12 +37,6 @@ def resolved_touchpoints(
         ),
     )
     return [(key, tp) for r in records for key, tps in contract.loads_groups(r.value) for tp in tps]
-
-
-def tp(event_id: str, **kw: object) -> dict:
-    base = {"event_id": event_id, "type": "page_view", "channel": "web", "timestamp": T0}
-    base.update(kw)
-    return base
 
 
 @pytest.fixture

@@ -5,7 +5,7 @@ from __future__ import annotations
 import copy
 from collections.abc import Iterable
 from dataclasses import replace
-from typing import Any
+from functools import partial
 
 import pytest
 from hypothesis import given, settings
@@ -20,6 +20,7 @@ from stream.journey.state import JourneyState
 from stream.settings import DEFAULT_ABANDONMENT, DEFAULT_FOLLOWUPS, load_settings
 from stream.triggers.playbook import parse_playbook
 from stream.triggers.trigger import ABANDONMENT, TRANSITION, Trigger, trigger_id
+from tests.builders import touchpoint
 
 MODEL = journey_model(load_settings(environ={}))
 STDC = journey_model(load_settings(environ={}), "see-think-do-care")
@@ -31,16 +32,8 @@ END = 2**62
 KEY = "c-1"
 
 
-def ev(event_id: str, type_: str, at: int, *, channel: str = "web", **props: Any) -> Touchpoint:
-    return Touchpoint(
-        event_id=event_id,
-        type=type_,
-        channel=channel,
-        timestamp=at,
-        customer_id=KEY,
-        properties=props,
-        context={"timezone": "Europe/Paris"},
-    )
+#: A touchpoint of the test journey, in Paris time (see tests.builders.touchpoint).
+ev = partial(touchpoint, customer=KEY, context={"timezone": "Europe/Paris"})
 
 
 def add(event_id: str, at: int, sku: str = "S1", price: float = 10.0, qty: int = 1) -> Touchpoint:

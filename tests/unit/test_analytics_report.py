@@ -22,6 +22,7 @@ from stream.journey.replay import END, run_oracle
 from stream.journey.stages import load_model, with_visits
 from stream.journey.visits import VisitClosed, VisitOpened
 from stream.settings import AnalyticsSettings, Settings, load_settings
+from tests.builders import touchpoint
 
 A = AnalyticsSettings()
 FIVE = with_visits(load_model("five-stage"), 7 * 86_400, "page_type", "context.platform")
@@ -148,15 +149,7 @@ def test_report_alerts_use_same_day_cohorts_and_only_complete_buckets() -> None:
 def ev(
     eid: str, type_: str, at: int, customer: str, platform: str = "ios", **props: Any
 ) -> Touchpoint:
-    return Touchpoint(
-        eid,
-        type_,
-        "web",
-        at,
-        customer_id=customer,
-        properties=props,
-        context={"platform": platform},
-    )
+    return touchpoint(eid, type_, at, customer=customer, context={"platform": platform}, **props)
 
 
 def test_report_counts_stages_flows_open_visits_and_segments() -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from functools import partial
 from typing import Any
 
 import orjson
@@ -23,21 +24,12 @@ from stream.contract import (
     dumps,
     parse,
 )
+from tests import builders
 
 TS_MS = 1_730_711_730_250  # 2024-11-04T09:15:30.250Z
 
-
-def event(**fields: Any) -> dict[str, Any]:
-    """A valid touchpoint object; ``field=None`` removes a field."""
-    obj: dict[str, Any] = {
-        "event_id": "e-1",
-        "type": "page_view",
-        "channel": "web",
-        "timestamp": TS_MS,
-        "anonymous_id": "anon-1",
-    }
-    obj.update(fields)
-    return {k: v for k, v in obj.items() if v is not None}
+#: A valid touchpoint object; ``field=None`` removes a field.
+event = partial(builders.event, timestamp=TS_MS, anonymous_id="anon-1")
 
 
 def rejection(obj: Any) -> InvalidTouchpoint:

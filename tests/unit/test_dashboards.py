@@ -18,7 +18,7 @@ from tests.dashboards import (
 )
 
 PANEL_TYPES = {"timeseries", "stat", "bargauge", "gauge", "table", "piechart", "barchart", "text"}
-EXPECTED_TITLES = {"Customer journey", "Pipeline health"}
+EXPECTED_TITLES = {"Customer journey", "Pipeline health", "Journey map"}
 
 
 def test_dashboards_exist_with_unique_uids() -> None:

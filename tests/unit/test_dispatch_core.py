@@ -20,7 +20,7 @@ from stream.dispatch.policy import CustomerSignals, screen
 from stream.dispatch.quiet_hours import QuietHours
 from stream.dispatch.render import Renderer, RenderError
 from stream.triggers.trigger import TRANSITION
-from tests.builders import NOON, tracking_links, trigger
+from tests.builders import NOON, touchpoint, tracking_links, trigger
 
 SECRET = "s3cret"
 NO_QUIET = QuietHours.parse("00:00", "00:00")
@@ -116,16 +116,25 @@ def test_suppression_entries_are_digests_of_the_normalised_value() -> None:
 
 
 # -- signals ------------------------------------------------------------------
-def tp(type_: str, ts: int) -> Touchpoint:
-    return Touchpoint(event_id=f"{type_}-{ts}", type=type_, channel="web", timestamp=ts)
-
-
 def test_signals_of_keeps_latest_purchase_and_unsubscribe() -> None:
     groups = [
-        ("c-1", [tp("purchase", 5), tp("page_view", 9), tp("pos_purchase", 7)]),
-        ("c-2", [tp("unsubscribe", 3), tp("product_view", 4)]),
-        ("c-3", [tp("add_to_cart", 1)]),
-        ("c-1", [tp("purchase", 6)]),
+        (
+            "c-1",
+            [
+                touchpoint("purchase-5", "purchase", 5),
+                touchpoint("page_view-9", "page_view", 9),
+                touchpoint("pos_purchase-7", "pos_purchase", 7),
+            ],
+        ),
+        (
+            "c-2",
+            [
+                touchpoint("unsubscribe-3", "unsubscribe", 3),
+                touchpoint("product_view-4", "product_view", 4),
+            ],
+        ),
+        ("c-3", [touchpoint("add_to_cart-1", "add_to_cart", 1)]),
+        ("c-1", [touchpoint("purchase-6", "purchase", 6)]),
     ]
     assert signals_of(groups) == {
         "c-1": JourneySignal(purchased_at=7),
@@ -137,7 +146,10 @@ def test_signals_of_takes_only_the_engines_erase_requests() -> None:
     from stream.journey.linking import erase_request
 
     forged = Touchpoint(event_id="x", type="erase", channel="web", timestamp=9, anonymous_id="c-2")
-    groups = [("c-1", [tp("purchase", 5), erase_request("c-1", 8)]), ("c-2", [forged])]
+    groups = [
+        ("c-1", [touchpoint("purchase-5", "purchase", 5), erase_request("c-1", 8)]),
+        ("c-2", [forged]),
+    ]
     assert signals_of(groups) == {"c-1": JourneySignal(purchased_at=5, erased_at=8)}
 
 
@@ -198,3 +210,20 @@ def test_message_headers() -> None:
     assert parsed["List-Unsubscribe-Post"] == "List-Unsubscribe=One-Click"
     kinds = [p.get_content_type() for p in parsed.iter_parts()]
     assert kinds == ["text/plain", "text/html"]
+
+
+@given(name=st.text(min_size=1, max_size=80).filter(lambda s: s.strip() == s and s.isprintable()))
+def test_message_decodes_to_what_was_rendered_whatever_the_name(name: str) -> None:
+    t = trigger(first_name=name)
+    rendered = Renderer().render(t, links())
+    msg = build_message(t, rendered, links(), "Shop <news@shop.example.com>", NOON)
+    raw = msg.as_bytes(policy=msg.policy.clone(linesep="\r\n"))
+    assert max(len(line) for line in raw.split(b"\r\n")) <= 998
+    parsed = email.message_from_bytes(raw, policy=email.policy.default)
+    assert parsed["To"].addresses[0].display_name == name
+    assert parsed["To"].addresses[0].addr_spec == "ann@example.com"
+    assert parsed["Subject"] == rendered.subject
+    plain = parsed.get_body(preferencelist=("plain",)).get_content()
+    html = parsed.get_body(preferencelist=("html",)).get_content()
+    assert plain.replace("\r\n", "\n") == rendered.text
+    assert html.replace("\r\n", "\n") == rendered.html

@@ -31,7 +31,7 @@ DOC_PAGES = ("architecture.md", "operations.md", "performance.md", "faust-intern
 README_MAX_LINES = 260
 
 #: Where a pass-through subcommand's own arguments go (checked if it exposes a parser).
-PASS_THROUGH_MODULES = {"simulate": "stream.simulator"}
+PASS_THROUGH_MODULES = {"simulate": "stream.simulator.cli"}
 
 HISTORY = {
     "a numbered session": re.compile(r"\bsessions?\s+\d+", re.IGNORECASE),

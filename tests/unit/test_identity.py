@@ -11,31 +11,12 @@ from stream.ingest.dedupe import RecentIds
 from stream.ingest.identity import LINK, MERGE, orphan_key, resolve
 from stream.journey.replay import Oracle, run_oracle
 from stream.journey.stages import DAY_MS, load_model
+from tests.builders import NOON
+from tests.builders import touchpoint as tp
 
 FIVE = load_model("five-stage")
-T0 = 1_700_000_000_000
+T0 = NOON
 HOUR = 3_600_000
-
-
-def tp(
-    event_id: str,
-    type_: str = "page_view",
-    at: int = T0,
-    *,
-    customer: str | None = None,
-    anon: str | None = None,
-    channel: str = "web",
-    **props: Any,
-) -> Touchpoint:
-    return Touchpoint(
-        event_id=event_id,
-        type=type_,
-        channel=channel,
-        timestamp=at,
-        customer_id=customer,
-        anonymous_id=anon,
-        properties=props,
-    )
 
 
 def table(**links: str) -> Any:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import replace
+from functools import partial
 from typing import Any
 
 import orjson
@@ -30,21 +31,12 @@ from stream.contract import (
 )
 from stream.producers.segment import event_time, to_touchpoint
 from stream.settings import CollectorSettings, load_settings
+from tests import builders
 
 T0 = 1_796_601_600_000  # 2026-12-07T00:00:00Z
+
+event = partial(builders.event, type="add_to_cart", timestamp=T0, anonymous_id="anon-1")
 Y2099 = "2099-12-31T00:00:00Z"
-
-
-def event(**fields: Any) -> dict[str, Any]:
-    obj: dict[str, Any] = {
-        "event_id": "e-1",
-        "type": "add_to_cart",
-        "channel": "web",
-        "timestamp": T0,
-        "anonymous_id": "anon-1",
-    }
-    obj.update(fields)
-    return obj
 
 
 def nested(levels: int, leaf: Any = 1) -> Any:

@@ -7,30 +7,24 @@ journey waits for every answer before it settles.
 
 from __future__ import annotations
 
-from typing import Any
-
-from stream.contract import Touchpoint
 from stream.ingest.identity import MERGE, resolve
 from stream.journey import linking
 from stream.journey.linking import LINK_ACK_TIMEOUT_MS, MERGE_IN
 from stream.journey.stages import load_model
+from tests.builders import touchpoint as event
 
 FIVE = load_model("five-stage")
 T0 = 1_700_000_000_000
 NOW = 1_800_000_000_000
 
 
-def event(event_id: str, type_: str, at: int, **ids: Any) -> Touchpoint:
-    return Touchpoint(event_id=event_id, type=type_, channel="web", timestamp=at, **ids)
-
-
 def test_a_merged_orphan_sends_itself_again_and_the_customer_takes_it_once() -> None:
-    views = [event(f"v{i}", "product_view", T0 + i, anonymous_id="dev-1") for i in range(3)]
+    views = [event(f"v{i}", "product_view", T0 + i, anon="dev-1") for i in range(3)]
     step = linking.take_in(None, "anon:dev-1", views, 0, NOW, FIVE)
     assert step.save and step.applied == 3 and step.effects == []
     orphan_state = step.state
 
-    login = event("login", "identify", T0 + 10, anonymous_id="dev-1", customer_id="c-1")
+    login = event("login", "identify", T0 + 10, anon="dev-1", customer="c-1")
     ((orphan, merge),) = resolve(login, {"dev-1": "c-1"}.get).merges  # link already on record
     assert (orphan, merge.type) == ("anon:dev-1", MERGE)
 
@@ -61,10 +55,10 @@ def test_a_merged_orphan_sends_itself_again_and_the_customer_takes_it_once() -> 
 
 def test_a_merge_into_another_customer_is_acknowledged() -> None:
     orphan = linking.take_in(
-        None, "anon:dev-2", [event("v", "page_view", T0, anonymous_id="dev-2")], 0, NOW, FIVE
+        None, "anon:dev-2", [event("v", "page_view", T0, anon="dev-2")], 0, NOW, FIVE
     ).state
-    one = event("a", "identify", T0 + 1, anonymous_id="dev-2", customer_id="c-1")
-    two = event("b", "identify", T0 + 2, anonymous_id="dev-2", customer_id="c-2")
+    one = event("a", "identify", T0 + 1, anon="dev-2", customer="c-1")
+    two = event("b", "identify", T0 + 2, anon="dev-2", customer="c-2")
     ((key, to_one),) = resolve(one, {}.get).merges
     ((_, to_two),) = resolve(two, {"dev-2": "c-1"}.get).merges
     first = linking.take_in(orphan, key, [to_one], 0, NOW, FIVE)
@@ -76,7 +70,7 @@ def test_a_merge_into_another_customer_is_acknowledged() -> None:
 
 
 def test_an_ack_for_an_alias_without_a_journey_keeps_nothing() -> None:
-    login = event("l", "identify", T0, anonymous_id="dev-3", customer_id="c-3")
+    login = event("l", "identify", T0, anon="dev-3", customer="c-3")
     ((key, merge),) = resolve(login, {}.get).merges
     step = linking.take_in(None, key, [merge], 0, NOW, FIVE)
     assert step.state is None and not step.save
@@ -85,7 +79,7 @@ def test_an_ack_for_an_alias_without_a_journey_keeps_nothing() -> None:
 
 
 def test_a_held_journey_settles_nothing_until_its_links_answer_or_time_out() -> None:
-    login = event("l", "identify", T0, anonymous_id="dev-4", customer_id="c-4")
+    login = event("l", "identify", T0, anon="dev-4", customer="c-4")
     step = linking.take_in(None, "c-4", [login], T0 + 3_600_000, NOW, FIVE)
     assert step.effects == [] and step.state is not None and step.state.pending
     held = linking.check(step.state, T0 + 3_600_000, NOW + 1, FIVE)
@@ -97,7 +91,7 @@ def test_a_held_journey_settles_nothing_until_its_links_answer_or_time_out() -> 
 
 
 def test_a_redelivered_event_is_neither_applied_nor_late() -> None:
-    view = event("v1", "product_view", T0, customer_id="c-5")
+    view = event("v1", "product_view", T0, customer="c-5")
     first = linking.take_in(None, "c-5", [view], T0 + 1, NOW, FIVE)
     assert (first.applied, first.late) == (1, 0)
     again = linking.take_in(first.state, "c-5", [view], T0 + 1, NOW, FIVE)
@@ -109,18 +103,19 @@ def test_an_erase_takes_the_journey_its_aliases_and_their_orphan_journeys() -> N
         "login",
         "identify",
         T0,
-        anonymous_id="dev-1",
-        customer_id="c-1",
-        properties={"email": "Ann@Example.com", "loyalty_id": "L-1"},
+        anon="dev-1",
+        customer="c-1",
+        email="Ann@Example.com",
+        loyalty_id="L-1",
     )
-    cart = event("a1", "add_to_cart", T0 + 1, customer_id="c-1", properties={"sku": "S"})
+    cart = event("a1", "add_to_cart", T0 + 1, customer="c-1", sku="S")
     state = linking.take_in(None, "c-1", [login, cart], T0 + 10, NOW, FIVE).state
     assert state is not None
     request = linking.erase_request("c-1", NOW)
     step = linking.take_in(
         state,
         "c-1",
-        [event("later", "page_view", T0 + 5, customer_id="c-1"), request],
+        [event("later", "page_view", T0 + 5, customer="c-1"), request],
         0,
         NOW,
         FIVE,

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from stream.contract import Touchpoint
 from stream.journey.replay import run_oracle
 from stream.journey.stages import load_model
+from tests.builders import touchpoint as tp
 
 FIVE = load_model("five-stage")
 MIN = 60_000
@@ -12,18 +12,14 @@ T0 = 1_767_225_600_000
 LATENESS = 10 * MIN
 
 
-def tp(event_id: str, type_: str, at: int, **ids: str) -> Touchpoint:
-    return Touchpoint(event_id, type_, "web", at, **ids)  # type: ignore[arg-type]
-
-
 def test_an_orphan_settled_before_its_link_keeps_its_own_transitions() -> None:
     events = [
-        tp("a1", "page_view", T0, anonymous_id="dev-1"),
-        tp("a2", "product_view", T0 + MIN, anonymous_id="dev-1"),
+        tp("a1", "page_view", T0, anon="dev-1"),
+        tp("a2", "product_view", T0 + MIN, anon="dev-1"),
         # Other shoppers move the watermark well past the device's visit ...
-        *[tp(f"o{i}", "page_view", T0 + (i + 2) * MIN, customer_id="other") for i in range(30)],
+        *[tp(f"o{i}", "page_view", T0 + (i + 2) * MIN, customer="other") for i in range(30)],
         # ... before the device logs in.
-        tp("login", "identify", T0 + 40 * MIN, anonymous_id="dev-1", customer_id="cust-1"),
+        tp("login", "identify", T0 + 40 * MIN, anon="dev-1", customer="cust-1"),
     ]
     oracle = run_oracle(events, FIVE, LATENESS)
     orphan = [t for t in oracle.transitions if t.customer_id == "anon:dev-1"]
@@ -39,9 +35,9 @@ def test_an_orphan_settled_before_its_link_keeps_its_own_transitions() -> None:
 
 def test_an_orphan_linked_within_the_lateness_shows_no_transitions_of_its_own() -> None:
     events = [
-        tp("a1", "page_view", T0, anonymous_id="dev-2"),
-        tp("login", "identify", T0 + MIN, anonymous_id="dev-2", customer_id="cust-2"),
-        *[tp(f"o{i}", "page_view", T0 + (i + 2) * MIN, customer_id="other") for i in range(30)],
+        tp("a1", "page_view", T0, anon="dev-2"),
+        tp("login", "identify", T0 + MIN, anon="dev-2", customer="cust-2"),
+        *[tp(f"o{i}", "page_view", T0 + (i + 2) * MIN, customer="other") for i in range(30)],
     ]
     oracle = run_oracle(events, FIVE, LATENESS)
     assert not [t for t in oracle.transitions if t.customer_id == "anon:dev-2"]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import copy
 import itertools
 from collections.abc import Iterable, Sequence
-from typing import Any
+from functools import partial
 
 import pytest
 from hypothesis import given, settings
@@ -15,6 +15,7 @@ from stream.contract import Touchpoint
 from stream.journey import rules
 from stream.journey.stages import DAY_MS, StageModel, load_model
 from stream.journey.state import JourneyState, Transition
+from tests.builders import touchpoint
 
 FIVE = load_model("five-stage")
 STDC = load_model("see-think-do-care")
@@ -26,27 +27,8 @@ END = 2**62
 CUSTOMER = "c-1"
 
 
-def ev(
-    event_id: str,
-    type_: str,
-    at: int,
-    *,
-    customer: str | None = CUSTOMER,
-    anon: str | None = None,
-    channel: str = "web",
-    context: dict[str, Any] | None = None,
-    **props: Any,
-) -> Touchpoint:
-    return Touchpoint(
-        event_id=event_id,
-        type=type_,
-        channel=channel,
-        timestamp=at,
-        customer_id=customer,
-        anonymous_id=anon,
-        properties=props,
-        context=context or {},
-    )
+#: A touchpoint of the test customer (see tests.builders.touchpoint).
+ev = partial(touchpoint, customer=CUSTOMER)
 
 
 def settle(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import tomllib
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -11,19 +12,12 @@ import pytest
 
 from stream.contract import Touchpoint
 from stream.journey.stages import DAY_MS, StageModel, load_model, parse_model
+from tests.builders import touchpoint
 
 STAGES_DIR = Path(__file__).resolve().parents[2] / "stream" / "defaults" / "stages"
 
-
-def tp(type_: str, **props: Any) -> Touchpoint:
-    return Touchpoint(
-        event_id="e",
-        type=type_,
-        channel="web",
-        timestamp=1_730_711_730_250,
-        anonymous_id="a",
-        properties=props,
-    )
+#: A touchpoint of type ``type_`` with ``props``.
+tp = partial(touchpoint, "e", anon="a")
 
 
 @pytest.fixture(scope="module")

@@ -1,0 +1,7 @@
+"""``python -m stream.cli``: the ``journey`` command, as the services' child processes start it."""
+
+import sys
+
+from stream.cli import main
+
+sys.exit(main())

@@ -1,0 +1,195 @@
+"""The journey map from the stream equals ``journey report`` on the same log.
+
+A ``journey simulate --map`` log (planted moment of truth, pain point and a
+checkout incident) goes through two workers sharing the partitions. Then
+``GET /journey-map`` from either worker must equal ``journey report`` on the
+same log, every count, for the same since/until and for a segment cut. The
+same numbers must survive every ``journey.visits`` record delivered a second
+time, and a garbage record on that topic is dead-lettered with its reason
+while the map goes on. Last, the live ``/map`` of a real worker, in headless
+Chromium, shows the numbers of ``/journey-map`` with no console errors.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+from kafka import KafkaProducer
+
+from stream import contract, simulator
+from stream.settings import Settings, to_environ
+from stream.simulator import MAP_PERSONAS, Incident
+from stream.topics import ensure_topics
+from tests.browser import chromium
+from tests.helpers import REPO, read_topic, wait_for
+from tests.integration.test_journey_map_page import Problems
+from tests.procs import Worker, http_get
+
+DAY_MS = 86_400_000
+#: Longer than the log's span: nothing settles while the backlog is read (the
+#: oracle sorts the log; the stream must not see any of it as late), and the log
+#: ends longer ago than this plus the visit window, so every visit has ended
+#: once the workers are caught up and idle.
+LATENESS_S = 30 * 86_400.0
+SPAN_DAYS = 20
+CUSTOMERS = 1500
+READ_TOKEN = "map-read-token-0123456789"
+
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(1200)]
+
+
+@pytest.fixture
+def map_settings(settings: Settings) -> Settings:
+    s = replace(
+        settings,
+        journey=replace(settings.journey, allowed_lateness_s=LATENESS_S),
+        worker=replace(
+            settings.worker, api_tokens={**settings.worker.api_tokens, READ_TOKEN: "read"}
+        ),
+    )
+    ensure_topics(s)
+    return s
+
+
+def with_data_dir(settings: Settings, path: Path) -> Settings:
+    return replace(settings, worker=replace(settings.worker, data_dir=str(path)))
+
+
+def journey_report(settings: Settings, log: Path, *args: str) -> dict[str, Any]:
+    done = subprocess.run(
+        [sys.executable, "-m", "stream.cli", "report", str(log), *args],
+        cwd=REPO,
+        env={**to_environ(settings), "PATH": "/usr/bin:/bin"},
+        capture_output=True,
+        timeout=300,
+        check=True,
+    )
+    return dict(orjson.loads(done.stdout))
+
+
+def stream_map(worker: Worker, query: str) -> tuple[int, Any]:
+    return http_get(f"{worker.url}/journey-map?{query}", timeout=60, token=READ_TOKEN)
+
+
+def differences(got: tuple[int, Any], want: dict[str, Any]) -> Any:
+    """What differs between a ``/journey-map`` answer and the report (for the failure message)."""
+    status, body = got
+    if status != 200 or not isinstance(body, dict):
+        return (status, body)
+    return {
+        key: (body.get(key), want[key]) if key in ("customers", "stages") else "differs"
+        for key in want
+        if body.get(key) != want[key]
+    }
+
+
+@pytest.fixture
+def workers(map_settings: Settings, tmp_path: Path) -> Iterator[list[Worker]]:
+    s = map_settings
+    started = [
+        Worker(with_data_dir(s, tmp_path / f"w{i}-data"), tmp_path / f"worker-{i}.log")
+        for i in (1, 2)
+    ]
+    try:
+        for w in started:
+            w.start()
+        for w in started:
+            w.wait_ready()
+        yield started
+    finally:
+        for w in started:
+            w.stop()
+
+
+def test_stream_map_equals_journey_report_and_the_live_page_shows_it(
+    map_settings: Settings, tmp_path: Path, workers: list[Worker]
+) -> None:
+    s = map_settings
+    start = int(time.time() * 1000) - 70 * DAY_MS
+    events = simulator.generate(
+        CUSTOMERS,
+        seed=5,
+        start_ms=start,
+        span_s=SPAN_DAYS * 86_400,
+        personas=MAP_PERSONAS,
+        incident=Incident(day=14, days=2, platform="ios"),
+    )
+    log = tmp_path / "map.jsonl"
+    simulator.write_jsonl(log, events)
+    last = max(contract.parse(e).timestamp for e in events)
+    # A window both sides have settled: up to the last event plus the visit window.
+    since = contract.format_timestamp(start)
+    until = contract.format_timestamp((last // DAY_MS + 7) * DAY_MS)
+    window = ["--since", since, "--until", until]
+    query = f"since={since}&until={until}"
+    want = journey_report(s, log, *window)
+    want_ios = journey_report(s, log, *window, "--segment", "context.platform:ios")
+    assert want["customers"] > 0 and want["touchpoints"]
+
+    # A garbage record on journey.visits: dead-lettered with the reason, the map goes on.
+    producer = KafkaProducer(bootstrap_servers=s.broker.bootstrap)
+    producer.send(s.topics.visits, b'{"journey": "c-1", "visits": [{"kind": "x"}]}', key=b"c-1")
+    producer.flush()
+    simulator.produce(s, events, rate=None, pack_sessions=True)
+
+    first, second = workers
+    wait_for(
+        lambda: differences(stream_map(first, query), want),
+        lambda diff: diff == {},
+        timeout_s=600,
+        every_s=3.0,
+    )
+    assert stream_map(second, query) == (200, want)
+    assert stream_map(second, f"{query}&segment=context.platform:ios") == (200, want_ios)
+
+    dead = [
+        r
+        for r in read_topic(s.broker.bootstrap, s.topics.dlq, timeout_s=30)
+        if dict(r.headers).get("stage") == b"analytics"
+    ]
+    assert len(dead) == 1
+    assert b"visits[0].kind" in dict(dead[0].headers)["reason"]
+
+    # Every visit record delivered again (a journey step published twice): counted once.
+    records = read_topic(s.broker.bootstrap, s.topics.visits, timeout_s=60)
+    assert len(records) > CUSTOMERS
+    for r in records:
+        producer.send(s.topics.visits, r.value, key=r.key, partition=r.partition)
+    producer.flush()
+    producer.close()
+    wait_for(
+        lambda: sum(w.metric("journey_map_records_total", outcome="duplicate") for w in workers),
+        lambda n: n >= len(records) - 1,
+        timeout_s=240,
+        every_s=2.0,
+    )
+    assert stream_map(first, query) == (200, want)
+
+    # Bad queries are refused with the reason.
+    status, body = stream_map(first, "since=yesterday")
+    assert status == 400 and "since" in body["error"]
+    status, body = stream_map(first, "segment=context.country:fr")
+    assert status == 400 and "context.platform" in body["error"]
+
+    # The live page of a real worker shows the numbers of /journey-map.
+    _, full = stream_map(first, "")
+    with chromium() as browser:
+        page = browser.new_page()
+        problems = Problems(page)
+        page.goto(f"{second.url}/map?token={READ_TOKEN}")
+        page.wait_for_selector("main[data-renders='1']", timeout=30_000)
+        for stage in full["stages"]:
+            shown = page.inner_text(f"section[data-stage={stage['stage']}] [data-field=visits]")
+            assert shown.replace(",", "").startswith(str(stage["visits"])), (stage, shown)
+        assert page.locator("li.jm-alert").count() == sum(
+            1 for a in full["alerts"] if a["closed_at"] is None
+        )
+        assert problems.seen == []
