@@ -19,7 +19,6 @@ show; the final report lists those found.
 
 from __future__ import annotations
 
-import base64
 import json
 import os
 import signal
@@ -27,14 +26,13 @@ import subprocess
 import sys
 import threading
 import time
-import urllib.error
-import urllib.request
 from collections import Counter
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 from stream.demo_loop import ClosedLoop, collector_sender
+from stream.demo_shoppers import Shoppers, demo_events, http
 from stream.embedded import EmbeddedStack, free_port
 from stream.embedded.stack import parent_death_hook
 from stream.observability.histograms import histogram_quantile
@@ -42,13 +40,13 @@ from stream.reactions import Planted, Reactions
 from stream.settings import Settings, to_environ
 from stream.topics import ensure_topics
 
-#: Share of simulated web calls sent with one malformed message, to show the DLQ.
-BAD_CALL_RATE = 0.05
 REFRESH_S = 2.0
 #: Abandonment waits in the demo (seconds) instead of 30/15/60 minutes.
 DEMO_WAITS_S = {"cart": 10.0, "checkout": 8.0, "browse": 15.0}
 #: Conversion windows in the demo (seconds) instead of 7 days, and the grace after them.
 DEMO_WINDOW_S, DEMO_GRACE_S = 20.0, 3.0
+#: The demo's control groups: a large share held out, so a short run measures both arms.
+DEMO_HOLDOUT = 0.3
 #: How the demo's shoppers answer follow-ups (buy rates with and without the email):
 #: the uplift the demo's report should find; browse emails are planted with no effect.
 DEMO_PLANTED = {
@@ -83,19 +81,6 @@ class Child:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait()
-
-
-def http(
-    url: str, body: bytes | None = None, headers: dict[str, str] | None = None
-) -> tuple[int, bytes]:
-    req = urllib.request.Request(url, data=body, headers=headers or {})
-    try:
-        with urllib.request.urlopen(req, timeout=10) as resp:
-            return resp.status, resp.read()
-    except urllib.error.HTTPError as exc:
-        return exc.code, exc.read()
-    except (urllib.error.URLError, ConnectionError, TimeoutError):
-        return 0, b""
 
 
 def scrape(url: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
@@ -136,83 +121,6 @@ def wait_ready(url: str, child: Child, timeout: float) -> None:
         if time.monotonic() > deadline:
             raise RuntimeError(f"{child.name} not ready after {timeout:.0f}s; see {child.log}")
         time.sleep(0.2)
-
-
-class Shoppers(threading.Thread):
-    """Plays simulated journeys in real time through the collector and the POS export."""
-
-    def __init__(
-        self, settings: Settings, events: list[dict], pos_file: Path, stop: threading.Event
-    ):
-        super().__init__(daemon=True, name="shoppers")
-        self.settings = settings
-        self.events = events
-        self.pos_file = pos_file
-        self.stop_event = stop
-        self.sent: Counter[str] = Counter()
-        key = next(iter(settings.collector.write_keys))
-        self.auth = "Basic " + base64.b64encode(f"{key}:".encode()).decode()
-        self.url = f"http://127.0.0.1:{settings.collector.port}/v1/batch"
-
-    def run(self) -> None:
-        from stream.simulator import to_pos_row, to_segment
-
-        pending_web: list[dict] = []
-        n_calls = 0
-        for event in self.events:
-            delay = event["timestamp"] / 1000 - time.time()
-            if delay > 0 and self.stop_event.wait(min(delay, 1.0) if delay > 1.0 else delay):
-                break
-            if self.stop_event.is_set():
-                break
-            if event["channel"] == "pos":
-                if event["type"] == "pos_purchase":
-                    with self.pos_file.open("a") as fh:
-                        fh.write(json.dumps(to_pos_row(event)) + "\n")
-                    self.sent["pos"] += 1
-                continue
-            pending_web.append(to_segment(event))
-            if len(pending_web) >= 5 or event is self.events[-1]:
-                n_calls += 1
-                self._post(pending_web, bad=(n_calls % int(1 / BAD_CALL_RATE) == 0))
-                pending_web = []
-        if pending_web:
-            self._post(pending_web, bad=False)
-
-    def _post(self, batch: list[dict], bad: bool) -> None:
-        messages = list(batch)
-        if bad:
-            messages.append({"type": "track", "event": "Product Viewed"})  # no ids, no messageId
-        body = json.dumps({"batch": messages}).encode()
-        status, _ = http(
-            self.url, body, {"Content-Type": "application/json", "Authorization": self.auth}
-        )
-        self.sent[f"http_{status}"] += 1
-        self.sent["web"] += len(batch)
-
-
-#: Simulated think times are divided by this so a short demo shows whole sessions.
-SPEED = 6.0
-
-
-def demo_events(rate: float, duration_s: float, seed: int) -> list[dict]:
-    """Simulated events due within the demo's run, about ``rate`` per second.
-
-    Time is compressed by ``SPEED`` and event times are the wall-clock times at
-    which the shoppers will send them, so the stream sees live traffic.
-    """
-    from stream.simulator import generate
-
-    start = int(time.time() * 1000) + 2000
-    end = start + int(duration_s * 1000)
-    customers = max(5, int(rate * duration_s / 4))
-    events = generate(customers, seed=seed, start_ms=start, span_s=duration_s * SPEED * 0.8)
-    out = []
-    for event in events:
-        event["timestamp"] = start + int((event["timestamp"] - start) / SPEED)
-        if event["timestamp"] <= end:
-            out.append(event)
-    return out
 
 
 def emails_in(mailbox: Path) -> int:
@@ -292,7 +200,11 @@ def run_demo(settings: Settings, duration_s: float, rate: float, workdir: Path |
                 settings.journey,
                 allowed_lateness_s=5.0,
                 abandonment=tuple(
-                    {**rule, "wait_s": DEMO_WAITS_S.get(rule["name"], rule["wait_s"])}
+                    {
+                        **rule,
+                        "wait_s": DEMO_WAITS_S.get(rule["name"], rule["wait_s"]),
+                        "holdout": DEMO_HOLDOUT,
+                    }
                     for rule in settings.journey.abandonment
                 ),
             ),

@@ -38,20 +38,16 @@ from typing import Any
 from stream import contract
 from stream.contract import Touchpoint
 from stream.dispatch.facts import PURCHASE_TYPES
+from stream.dispatch.outcomes import FINAL, HELD_OUT, SENT
 from stream.journey.linking import MERGE_IN
 from stream.settings import Settings
 
-SENT = "sent"
-#: ``stream.dispatch.outcomes.HELD_OUT``: a control-group trigger, passed every guard, not sent.
-HELD_OUT = "held_out"
 TREATED = "treated"
 CONTROL = "control"
 #: The arm of a decided trigger, by its outcome.
 ARMS: Mapping[str, str] = {SENT: TREATED, HELD_OUT: CONTROL}
 #: Outcomes after which a trigger is never decided: it opens no window.
-UNDECIDED = frozenset(
-    {"suppressed_consent", "capped", "cancelled_purchased", "unreachable", "erased"}
-)
+UNDECIDED = FINAL - ARMS.keys()
 
 
 def conversion_id(trigger_id: str) -> str:

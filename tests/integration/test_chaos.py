@@ -31,7 +31,8 @@ import orjson
 import pytest
 
 from stream import contract
-from stream.demo import DEMO_WAITS_S, Shoppers, demo_events
+from stream.demo import DEMO_WAITS_S
+from stream.demo_shoppers import Shoppers, demo_events
 from stream.dispatch import outcomes
 from stream.embedded import SmtpCatcher, free_port
 from stream.ingest.identity import resolve
