@@ -52,8 +52,48 @@ def window_of(query: Mapping[str, str]) -> tuple[int | None, int | None]:
     return since, until
 
 
-def register_followup_views(app: faust.App, shell: AttributionShell, settings: Settings) -> None:
-    min_per_arm = settings.attribution.min_per_arm
+async def gather(
+    app: faust.App, shell: AttributionShell, headers: Mapping[str, str]
+) -> FollowupCounts | str:
+    """Every worker's follow-up counts merged (this one's and ``/followups/local`` of the
+    others, asked with ``headers``), or why one could not be had."""
+    own = str(app.conf.canonical_url).rstrip("/")
+    hosts = {str(h).rstrip("/") for h in app.router.tables_metadata()} - {own}
+    counts = shell.local_counts()
+    for host in sorted(hosts):
+        async with app.http_client.get(f"{host}/followups/local", headers=dict(headers)) as resp:
+            if resp.status != 200:
+                return f"worker {host} answered {resp.status}"
+            body: Any = await resp.json()
+        try:
+            counts.merge(FollowupCounts.from_dict(body))
+        except (KeyError, TypeError, ValueError):
+            return f"worker {host} sent unreadable counts"
+    return counts
+
+
+class Followups:
+    """The follow-ups section for every worker's customers (``/followups``, the journey map)."""
+
+    def __init__(self, app: faust.App, shell: AttributionShell, settings: Settings) -> None:
+        self.app = app
+        self.shell = shell
+        self.min_per_arm = settings.attribution.min_per_arm
+
+    async def __call__(
+        self, headers: Mapping[str, str], since: int | None, until: int | None
+    ) -> list[dict[str, Any]] | str:
+        counts = await gather(self.app, self.shell, headers)
+        if isinstance(counts, str):
+            return counts
+        return followups(counts, since, until, self.min_per_arm)
+
+
+def register_followup_views(
+    app: faust.App, shell: AttributionShell, settings: Settings
+) -> Followups:
+    """``/followups`` and ``/followups/local``; returns the section's source for other views."""
+    section = Followups(app, shell, settings)
 
     @app.page("/followups/local")
     async def followups_local(self: View, request: Request) -> Response:
@@ -65,23 +105,15 @@ def register_followup_views(app: faust.App, shell: AttributionShell, settings: S
             since, until = window_of(request.query)
         except ValueError as exc:
             return self.json({"error": str(exc)}, status=400)
-        own = str(app.conf.canonical_url).rstrip("/")
-        hosts = {str(h).rstrip("/") for h in app.router.tables_metadata()} - {own}
-        counts = shell.local_counts()
-        for host in sorted(hosts):
-            async with app.http_client.get(
-                f"{host}/followups/local", headers=forward_headers(request)
-            ) as resp:
-                if resp.status != 200:
-                    return self.json({"error": f"worker {host} answered {resp.status}"}, status=503)
-                body: Any = await resp.json()
-            try:
-                counts.merge(FollowupCounts.from_dict(body))
-            except (KeyError, TypeError, ValueError):
-                return self.json({"error": f"worker {host} sent unreadable counts"}, status=503)
+        report = await section(forward_headers(request), since, until)
+        if isinstance(report, str):
+            return self.json({"error": report}, status=503)
         window = {
             "since": None if since is None else contract.format_timestamp(since),
             "until": None if until is None else contract.format_timestamp(until),
         }
-        report = followups(counts, since, until, min_per_arm)
-        return self.json({"window": window, "min_per_arm": min_per_arm, "followups": report})
+        return self.json(
+            {"window": window, "min_per_arm": section.min_per_arm, "followups": report}
+        )
+
+    return section
