@@ -29,7 +29,7 @@ from stream.simulator import MAP_PERSONAS, Incident
 from stream.topics import ensure_topics
 from tests.browser import chromium
 from tests.helpers import REPO, read_topic, wait_for
-from tests.integration.test_journey_map_page import Problems
+from tests.integration.test_journey_map_page import Problems, sankey_series
 from tests.procs import Worker, http_get
 
 DAY_MS = 86_400_000
@@ -202,4 +202,11 @@ def check_map(
         assert page.locator("li.jm-alert").count() == sum(
             1 for a in full["alerts"] if a["closed_at"] is None
         )
+        # The Sankey is drawn by the ECharts script the worker serves.
+        drawn = {
+            (ln["flow"]["from"], ln["flow"]["to"]): ln["value"]
+            for ln in sankey_series(page)["links"]
+        }
+        flows = {(f["from"], f["to"]): f["count"] for f in full["flows"]}
+        assert drawn and all(flows[move] == n for move, n in drawn.items()), (drawn, flows)
         assert problems.seen == []
