@@ -4,6 +4,7 @@ A ``journey simulate --map`` log (planted moment of truth, pain point and a
 checkout incident) goes through two workers sharing the partitions. Then
 ``GET /journey-map`` from either worker must equal ``journey report`` on the
 same log, every count, for the same since/until and for a segment cut. The
+map's alerts open and close once each on ``journey.alerts``. The
 same numbers must survive every ``journey.visits`` record delivered a second
 time, and a garbage record on that topic is dead-lettered with its reason
 while the map goes on. The live ``/map`` of a real worker, in headless
@@ -52,6 +53,8 @@ def map_settings(settings: Settings) -> Settings:
     s = replace(
         settings,
         journey=replace(settings.journey, allowed_lateness_s=LATENESS_S),
+        # Alerts on smaller samples than the defaults: this log's incident opens some.
+        analytics=replace(settings.analytics, alert_min_count=10, alert_level=0.01),
         worker=replace(
             settings.worker, api_tokens={**settings.worker.api_tokens, READ_TOKEN: "read"}
         ),
@@ -168,6 +171,25 @@ def check_map(
     )
     assert stream_map(second, query) == (200, want)
     assert stream_map(second, f"{query}&segment=context.platform:ios") == (200, want_ios)
+
+    # Each alert of the map opened, and closed, once on journey.alerts.
+    _, full = stream_map(first, "")
+    assert full["alerts"], "the planted incident opens alerts"
+    want_alerts = {
+        (event, a["kind"], a["stage"], a["touchpoint"], a["opened_at"])
+        for a in full["alerts"]
+        for event in ("opened", "closed")
+        if event == "opened" or a["closed_at"] is not None
+    }
+
+    def published() -> list[tuple[Any, ...]]:
+        bodies = [orjson.loads(r.value) for r in read_topic(s.broker.bootstrap, s.topics.alerts)]
+        return [
+            (b["event"], b["kind"], b["stage"], b["touchpoint"], b["opened_at"]) for b in bodies
+        ]
+
+    alerts = wait_for(published, lambda got: set(got) == want_alerts, timeout_s=90, every_s=1.0)
+    assert len(alerts) == len(want_alerts)
 
     dead = [
         r
