@@ -137,7 +137,7 @@ class MapViews:
 def register_map_views(app: faust.App, views: MapViews, settings: Settings) -> None:
     shell = views.shell
     asset = echarts_asset()
-    page = render_live_page(REFRESH_S, "/journey-map")
+    page = render_live_page(REFRESH_S, "/journey-map", followups_url="/followups")
 
     @app.page("/journey-map/local")
     async def journey_map_local(self: View, request: Request) -> Response:
