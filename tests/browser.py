@@ -1,8 +1,9 @@
 """Headless Chromium for page tests: Debian's chromium driven by Playwright, no browser download.
 
 Install the browser with ``scripts/install-system-deps`` (never ``playwright install``).
-``python -m tests.browser OUT.png`` renders the realistic journey-map report and saves
-the 1440 px screenshot the docs show (docs/images/journey-map.png).
+``python -m tests.browser OUT.png`` renders the realistic journey-map report and saves a
+1440 px screenshot; ``python -m tests.browser OUT.png --url URL`` saves one of a live map
+page: docs/images/journey-map.png is the live map of ``journey demo`` (the address it prints).
 """
 
 from __future__ import annotations
@@ -75,9 +76,23 @@ def screenshot_report(out: Path, context: BrowserContext) -> None:
             page.close()
 
 
+def screenshot_url(out: Path, context: BrowserContext, url: str) -> None:
+    """Open the live map at ``url`` in ``context`` and save a full-page PNG at ``out``
+    once it has drawn its data."""
+    page = context.new_page()
+    try:
+        page.goto(url)
+        page.wait_for_selector("main[data-renders='1']", timeout=60_000)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        page.screenshot(path=str(out), full_page=True)
+    finally:
+        page.close()
+
+
 if __name__ == "__main__":
+    target = Path(sys.argv[1] if len(sys.argv) > 1 else "docs/images/journey-map.png")
     with chromium() as browser_context:
-        screenshot_report(
-            Path(sys.argv[1] if len(sys.argv) > 1 else "docs/images/journey-map.png"),
-            browser_context,
-        )
+        if len(sys.argv) > 3 and sys.argv[2] == "--url":
+            screenshot_url(target, browser_context, sys.argv[3])
+        else:
+            screenshot_report(target, browser_context)

@@ -244,20 +244,21 @@ def _touchpoint(
     verdict = "insufficient"
     if stage["advance_rate"] is None:
         pass  # the last stage: nothing to advance to, so nothing to measure
-    elif n_with >= 30 and n_without >= 30 and finished:
+    elif n_with >= 30 and n_without >= 30 and finished and adv_with and adv_without:
+        # The lift is a ratio of advance rates; its interval is the log-ratio's (Katz).
         p1, p2 = adv_with / n_with, adv_without / n_without
-        lift = p1 - p2
-        se = math.sqrt(p1 * (1 - p1) / n_with + p2 * (1 - p2) / n_without) or 1e-9
-        ci_low, ci_high = lift - 1.96 * se, lift + 1.96 * se
-        if ci_low > 0 and lift >= 0.03:
+        lift = p1 / p2
+        se = math.sqrt(1 / adv_with - 1 / n_with + 1 / adv_without - 1 / n_without)
+        ci_low, ci_high = lift * math.exp(-1.96 * se), lift * math.exp(1.96 * se)
+        if ci_low > 1 and lift >= 1.05:
             verdict = "moment_of_truth"
-        elif ci_high < 0 and lift <= -0.03:
+        elif ci_high < 1 and lift <= 0.95:
             verdict = "pain_point"
         else:
             verdict = "neutral"
         lift, ci_low, ci_high = (round(v, 4) for v in (lift, ci_low, ci_high))
-    elif n_with and n_without:
-        lift = round(adv_with / n_with - adv_without / n_without, 4)
+    elif n_with and n_without and adv_without:
+        lift = round((adv_with / n_with) / (adv_without / n_without), 4)
     return {
         "stage": stage["stage"],
         "touchpoint": touchpoint,

@@ -143,7 +143,7 @@ class MapViews:
 def register_map_views(app: faust.App, views: MapViews, settings: Settings) -> None:
     shell = views.shell
     asset = echarts_asset()
-    page = render_live_page(REFRESH_S, "/journey-map")
+    page = render_live_page(REFRESH_S, "/journey-map", followups_url="/followups")
 
     @app.page("/journey-map/local")
     async def journey_map_local(self: View, request: Request) -> Response:
@@ -175,8 +175,6 @@ def register_map_views(app: faust.App, views: MapViews, settings: Settings) -> N
 
     @app.page(asset.path)
     async def echarts(self: View, request: Request) -> Response:
-        return self.bytes(
-            asset.body,
-            content_type=asset.content_type,
-            headers={"Cache-Control": asset.cache_control},
-        )
+        # As a header: aiohttp refuses a charset in its content_type argument.
+        headers = {"Content-Type": asset.content_type, "Cache-Control": asset.cache_control}
+        return self.bytes(asset.body, headers=headers)

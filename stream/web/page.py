@@ -61,8 +61,17 @@ def echarts_asset() -> StaticAsset:
     )
 
 
-def render_live_page(refresh_s: int, data_url: str, *, echarts_url: str = ECHARTS_URL) -> str:
+def render_live_page(
+    refresh_s: int,
+    data_url: str,
+    *,
+    echarts_url: str = ECHARTS_URL,
+    followups_url: str | None = None,
+) -> str:
     """The live map page (HTML) that polls ``data_url`` every ``refresh_s`` seconds.
+
+    With ``followups_url`` (``/followups``) it polls that too and shows the
+    follow-ups panel from its ``followups``, for the same since/until.
 
     ``data_url`` must be a path on the same site (``/journey-map``): the page
     sends its bearer token there, so another origin is refused (ValueError).
@@ -72,7 +81,10 @@ def render_live_page(refresh_s: int, data_url: str, *, echarts_url: str = ECHART
         raise ValueError(f"refresh_s must be a whole number of seconds >= 1, not {refresh_s!r}")
     _require_same_site_path("data_url", data_url)
     _require_same_site_path("echarts_url", echarts_url)
-    config = {"mode": "live", "refresh_s": refresh_s, "data_url": data_url}
+    config: dict[str, Any] = {"mode": "live", "refresh_s": refresh_s, "data_url": data_url}
+    if followups_url is not None:
+        _require_same_site_path("followups_url", followups_url)
+        config["followups_url"] = followups_url
     script = f'<script src="{_attr(echarts_url)}"></script>'
     return _fill(config=_json_for_script(config), report="null", echarts=script)
 

@@ -49,6 +49,19 @@ def test_demo_runs_the_whole_stack_and_exits_cleanly(
     assert report["collector_responses"].get("400", 0) > 0
     assert report["transitions"] > 0
     assert report["funnel"]["customers"] > 0
+    # The live map's address is printed, and the report names what the map found
+    # in the month of journey-map history: the planted moment of truth and pain point.
+    assert f"{report['journey_map_url'].split('?')[0]}?token=" in out
+    found = report["journey_map"]
+    assert found["customers"] > 0, report
+    assert any(
+        m["stage"] == "consideration" and m["touchpoint"] == "page_view:comparison"
+        for m in found["moments_of_truth"]
+    ), found
+    assert any(
+        p["stage"] == "decision" and p["touchpoint"] == "support_contact"
+        for p in found["pain_points"]
+    ), found
     assert "events in" in out and "stages now" in out and "dispatch" in out
     # Carts were abandoned and the dispatcher mailed follow-ups into the catcher's folder.
     assert sum(report["abandoned"].values()) > 0, report

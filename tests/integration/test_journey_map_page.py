@@ -81,6 +81,11 @@ def points(diff: float, digits: int) -> str:
     return f"{sign}{abs(value)} pts"
 
 
+def times(ratio: float) -> str:
+    """The page's lifts: a ratio with two decimals (Intl rounds half away from zero)."""
+    return f"\u00d7{Decimal(repr(ratio)).quantize(Decimal('0.01'), rounding=ROUND_HALF_UP)}"
+
+
 def sankey_series(page: Page) -> dict[str, Any]:
     return page.evaluate(
         "() => echarts.getInstanceByDom(document.getElementById('jm-sankey')).getOption().series[0]"
@@ -153,9 +158,7 @@ def test_standalone_report_shows_stages_flows_touchpoints_alerts_and_followups(
         if tp["lift"] is None:
             assert card["lift"] == "—"
         else:
-            vals = [v for v in (tp["lift"], tp["ci_low"], tp["ci_high"]) if v is not None]
-            digits = 1 if all(abs(v) < 0.1 for v in vals) else 0
-            assert card["lift"] == points(tp["lift"], digits)
+            assert card["lift"] == times(tp["lift"])
     pain = page.locator("section[data-stage=decision] article[data-touchpoint=payment_failed]")
     assert pain.locator("svg.icon").count() >= 1  # an icon beside the words, not colour alone
     assert "Pain point" in pain.inner_text()
@@ -226,6 +229,7 @@ class LiveServer:
     def __init__(self, report: dict[str, Any]) -> None:
         self.report = report
         self.data_requests: list[tuple[str, str | None]] = []
+        self.followup_requests: list[tuple[str, str | None]] = []
         self.paths: list[str] = []
         self.referers: list[str] = []
         self.loop = asyncio.new_event_loop()
@@ -260,7 +264,7 @@ class LiveServer:
 
         async def page(_: web.Request) -> web.Response:
             return web.Response(
-                text=render_live_page(1, "/journey-map"),
+                text=render_live_page(1, "/journey-map", followups_url="/followups"),
                 content_type="text/html",
                 headers={"Cache-Control": "no-store"},
             )
@@ -276,17 +280,27 @@ class LiveServer:
             self.data_requests.append((request.path_qs, auth))
             if auth != f"Bearer {TOKEN}":
                 return web.json_response({"error": "unauthorised"}, status=401)
+            # As a worker answers: the map without follow-ups, which /followups gives.
             body = dict(self.report, segment=request.query.get("segment"))
+            body.pop("followups", None)
             return web.Response(
                 text=json.dumps(body),
                 content_type="application/json",
                 headers={"Cache-Control": "no-store"},
             )
 
+        async def followups(request: web.Request) -> web.Response:
+            auth = request.headers.get("Authorization")
+            self.followup_requests.append((request.path_qs, auth))
+            if auth != f"Bearer {TOKEN}":
+                return web.json_response({"error": "unauthorised"}, status=401)
+            return web.json_response({"followups": self.report.get("followups", [])})
+
         app = web.Application(middlewares=[record])
         app.router.add_get("/map", page)
         app.router.add_get(asset.path, static)
         app.router.add_get("/journey-map", data)
+        app.router.add_get("/followups", followups)
         self.runner = web.AppRunner(app, access_log=None)
         await self.runner.setup()
         site = web.TCPSite(self.runner, "127.0.0.1", 0)
@@ -308,12 +322,22 @@ def test_live_page_fetches_with_the_token_and_redraws_in_place(
 ) -> None:
     page = browser.new_page()
     problems = Problems(page)
-    page.goto(f"{live.url}/map?segment=context.platform:ios&token={TOKEN}")
+    page.goto(f"{live.url}/map?segment=context.platform:ios&since=2026-03-01&token={TOKEN}")
     page.wait_for_selector("main[data-renders='1']", timeout=10_000)
 
     path, auth = live.data_requests[0]
     assert auth == f"Bearer {TOKEN}"
-    assert path == "/journey-map?segment=context.platform%3Aios"
+    assert path == "/journey-map?segment=context.platform%3Aios&since=2026-03-01"
+    # Follow-ups come from /followups, for the same window and every segment.
+    assert live.followup_requests[0] == ("/followups?since=2026-03-01", f"Bearer {TOKEN}")
+    rules = [f["rule"] for f in live.report["followups"]]
+    assert (
+        rules
+        and page.eval_on_selector_all(
+            "#jm-followups tr[data-rule]", "rows => rows.map(r => r.dataset.rule)"
+        )
+        == rules
+    )
     assert page.input_value("#jm-segment") == "context.platform:ios"
     assert page.inner_text("section[data-stage=decision] [data-field=visits]").startswith("4,386")
     # The token goes nowhere but the Authorization header: not in any other URL asked for.
@@ -340,7 +364,7 @@ def test_live_page_fetches_with_the_token_and_redraws_in_place(
     page.select_option("#jm-segment", "context.channel:pos")
     asked = wait_for(
         lambda: [p for p, _ in live.data_requests],
-        lambda paths: "/journey-map?segment=context.channel%3Apos" in paths,
+        lambda paths: "/journey-map?segment=context.channel%3Apos&since=2026-03-01" in paths,
         timeout_s=5,
     )
     assert all(TOKEN not in p for p in asked)

@@ -21,7 +21,7 @@ from stream.settings import Settings, load_settings
 
 
 def test_open_read_and_admin_paths() -> None:
-    for path in ("/ready", "/live", "/metrics"):
+    for path in ("/ready", "/live", "/metrics", "/static/echarts-6.1.0.min.js"):
         assert required_role("GET", path) is None
     for path in ("/funnel", "/funnel/local", "/journey-map", "/map"):
         assert required_role("GET", path) == READ
@@ -29,6 +29,7 @@ def test_open_read_and_admin_paths() -> None:
         assert required_role("GET", path) == ADMIN
     # Writes need admin even on an open or read path.
     assert required_role("POST", "/ready") == ADMIN
+    assert required_role("POST", "/static/x.js") == ADMIN
     assert required_role("DELETE", "/customers/c-1") == ADMIN
 
 
