@@ -82,14 +82,13 @@ def build_worker_app(settings: Settings, **kwargs: Any) -> faust.App:
     topics = declare_topics(app, settings)
     shell = register_journey(app, settings, topics)
     register_ingest(app, settings, topics, shell)
-    attribution = register_attribution(app, settings, topics, shell.partition_of)
+    register_attribution(app, settings, topics, shell.partition_of)
     journey_map = register_map(app, settings, topics, shell.model.all_stages)
     views = MapViews(
         app,
         journey_map,
         shell.model,
         lambda: [shell.marks.watermark(p) for p in shell.active_partitions()],
-        followups=attribution.followups,
     )
     register_map_views(app, views, settings)
     register_alerts(app, settings, topics, views)

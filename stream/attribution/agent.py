@@ -106,8 +106,6 @@ class AttributionShell:
         self.bucket_ms = settings.attribution.bucket_s * 1000
         self.retention_ms = settings.attribution.retention_days * DAY_MS
         self.names = (settings.topics.resolved, settings.topics.triggers, settings.topics.dispatch)
-        #: Every worker's follow-ups report (``stream.attribution.api``), once registered.
-        self.followups: Any = None
 
     # -- batches ------------------------------------------------------------------
     async def on_batch(self, events: list[faust.EventT]) -> None:
@@ -353,5 +351,5 @@ def register_attribution(
 
     from stream.attribution.api import register_followup_views
 
-    shell.followups = register_followup_views(app, shell, settings)
+    register_followup_views(app, shell, settings)
     return shell

@@ -73,7 +73,7 @@ async def gather(
 
 
 class Followups:
-    """The follow-ups section for every worker's customers (``/followups``, the journey map)."""
+    """The follow-ups report for every worker's customers."""
 
     def __init__(self, app: faust.App, shell: AttributionShell, settings: Settings) -> None:
         self.app = app
@@ -92,7 +92,7 @@ class Followups:
 def register_followup_views(
     app: faust.App, shell: AttributionShell, settings: Settings
 ) -> Followups:
-    """``/followups`` and ``/followups/local``; returns the section's source for other views."""
+    """``/followups`` and ``/followups/local``; returns the report's source."""
     section = Followups(app, shell, settings)
 
     @app.page("/followups/local")

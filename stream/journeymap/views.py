@@ -1,8 +1,5 @@
 """``GET /journey-map``, ``/journey-map/local`` and ``/map``: the journey map over HTTP.
 
-``/journey-map`` carries the follow-ups section too (``followups``, from
-:mod:`stream.attribution.api`) once some follow-up's window has closed.
-
 ``/journey-map/local`` answers this worker's part: the aggregates of the
 partitions it owns, merged, and their lowest watermark. ``/journey-map`` asks
 every worker for its part (as ``/funnel`` does), merges them and answers the
@@ -103,15 +100,12 @@ class MapViews:
         shell: MapShell,
         model: StageModel,
         watermarks: Any,
-        followups: Any = None,
     ) -> None:
         self.app = app
         self.shell = shell
         self.model = model
         #: () -> the watermarks of the journey partitions this worker owns.
         self.watermarks = watermarks
-        #: (headers, since, until) -> the follow-ups section (``stream.attribution.api``).
-        self.followups = followups
 
     def local(self) -> dict[str, Any]:
         return local_part(self.shell, self.watermarks())
@@ -155,18 +149,9 @@ def register_map_views(app: faust.App, views: MapViews, settings: Settings) -> N
             query = parse_query(request.query, shell.analytics.segment)
         except BadQuery as exc:
             return self.json({"error": str(exc)}, status=400)
-        headers = forward_headers(request)
-        body = await views.report(headers, query)
+        body = await views.report(forward_headers(request), query)
         if isinstance(body, str):
             return self.json({"error": body}, status=503)
-        if views.followups is not None:
-            # The page's follow-ups panel: every worker's, for the same window, once
-            # there is one (as ``journey report`` has it only for logs with outcomes).
-            section = await views.followups(headers, query["since"], query["until"])
-            if isinstance(section, str):
-                return self.json({"error": section}, status=503)
-            if section:
-                body["followups"] = section
         return self.json(body)
 
     @app.page("/map")
