@@ -5,6 +5,10 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 ARGS ?=
 PYTEST_ARGS ?=
+# Test files run side by side (each file in one process, its tests in order): most
+# integration tests wait on brokers, deadlines and session timeouts rather than the CPU.
+TEST_JOBS ?= 3
+XDIST := -n $(TEST_JOBS) --dist loadfile
 DISPATCH_ARGS ?=
 
 .PHONY: help venv system-deps demo test test-unit test-fast test-integration chaos check lint format bench clean
@@ -43,16 +47,16 @@ demo: $(STAMP)
 	$(BIN)/journey demo $(ARGS)
 
 test: $(STAMP) system-deps $(NODE_CLIENTS)/node_modules/.installed
-	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -q $(XDIST) $(PYTEST_ARGS)
 
 test-unit: $(STAMP)
 	$(BIN)/python -m pytest -q tests/unit $(PYTEST_ARGS)
 
 test-fast: $(STAMP) system-deps $(NODE_CLIENTS)/node_modules/.installed
-	$(BIN)/python -m pytest -q -m "not slow" $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -q $(XDIST) -m "not slow" $(PYTEST_ARGS)
 
 test-integration: $(STAMP) system-deps $(NODE_CLIENTS)/node_modules/.installed
-	$(BIN)/python -m pytest -q tests/integration tests/e2e $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -q $(XDIST) tests/integration tests/e2e $(PYTEST_ARGS)
 
 # The chaos test of `make test` (a fixed seed, 75 s of faults) run long with a fresh seed;
 # SEED=n CHAOS_S=s reproduce a run (both are printed at its start).
