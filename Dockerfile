@@ -6,7 +6,6 @@ ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
 WORKDIR /src
 COPY pyproject.toml README.md ./
 COPY stream ./stream
-COPY loadtest ./loadtest
 RUN pip wheel --no-deps --wheel-dir /wheels .
 
 FROM python:3.11-slim
