@@ -20,6 +20,21 @@ from tests.helpers import REPO as ROOT
 from tests.helpers import wait_for
 
 
+def metric_at(url: str, name: str, **labels: str) -> float:
+    """Sum of a metric's samples matching ``labels`` on ``url``/metrics (NaN: no answer)."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    status, text = http_get(f"{url}/metrics")
+    if status != 200:
+        return float("nan")
+    return sum(
+        s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+        if s.name == name and all(s.labels.get(k) == v for k, v in labels.items())
+    )
+
+
 def http_get(url: str, timeout: float = 5.0, token: str | None = None) -> tuple[int, Any]:
     """GET ``url`` and return (status, decoded JSON or text); (0, error) if unreachable.
 
@@ -98,19 +113,7 @@ class Service:
 
     def metric(self, name: str, **labels: str) -> float:
         """Sum of a metric's samples matching ``labels`` on this service's /metrics (NaN: down)."""
-        from prometheus_client.parser import text_string_to_metric_families
-
-        status, text = http_get(f"{self.url}/metrics")
-        if status != 200:
-            return float("nan")
-        total = 0.0
-        for family in text_string_to_metric_families(text):
-            for sample in family.samples:
-                if sample.name == name and all(
-                    sample.labels.get(k) == v for k, v in labels.items()
-                ):
-                    total += sample.value
-        return total
+        return metric_at(self.url, name, **labels)
 
     def wait_ready(self, timeout: float = 90.0) -> Service:
         """Wait for ``GET {url}/ready`` to answer 200; fail with the log if it exits."""

@@ -49,6 +49,7 @@ from stream.analytics.attribution import (
 )
 from stream.analytics.decisions import read_outcome, read_trigger, scan_resolved
 from stream.analytics.followups import FollowupCounts
+from stream.app import batch_agent
 from stream.dispatch.facts import ERASE_TYPE
 from stream.faust_ext.fastpath import (
     changelog_persisted,
@@ -325,18 +326,14 @@ def register_attribution(
             for converted in ("true", "false"):
                 m.FOLLOWUP_CLOSED.labels(rule=rule, arm=arm, converted=converted)
     t = settings.topics
-    source = app.topic(
-        t.resolved,
-        t.triggers,
-        t.dispatch,
-        schema=faust.Schema(key_serializer="raw", value_serializer="raw"),
+    batch_agent(
+        app,
+        "attribution",
+        (t.resolved, t.triggers, t.dispatch),
+        shell.on_batch,
+        size=BATCH_MESSAGES,
+        within_s=BATCH_WINDOW_S,
     )
-
-    @app.agent(source, name="attribution")
-    async def attribution(stream: faust.StreamT) -> None:
-        batches = stream.take_events(BATCH_MESSAGES, within=BATCH_WINDOW_S)  # type: ignore[attr-defined]
-        async for events in batches:
-            await shell.on_batch(events)
 
     @shell.table.on_recover
     async def after_recovery() -> None:

@@ -15,7 +15,9 @@ import redis.asyncio as aioredis
 
 from stream.dispatch.guards import SCHEDULED, Keys
 
-_TAKE_DUE = """
+#: Takes up to ARGV[3] entries due by ARGV[1] (KEYS[1] the due times, KEYS[2] the
+#: entries) and re-scores them to now + ARGV[2]: a lease, so two takers never get one.
+TAKE_DUE = """
 local now = tonumber(ARGV[1])
 local ids = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now, 'LIMIT', 0, tonumber(ARGV[3]))
 local out = {}
@@ -37,7 +39,7 @@ class Schedule:
     def __init__(self, client: aioredis.Redis, keys: Keys) -> None:
         self.client = client
         self.keys = keys
-        self._take_due = client.register_script(_TAKE_DUE)
+        self._take_due = client.register_script(TAKE_DUE)
 
     async def put(
         self, trigger_id: str, raw: bytes, release_ms: int, now_ms: int, claim_ttl_ms: int

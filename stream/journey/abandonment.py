@@ -64,7 +64,8 @@ def observe(
                 and session is not None
                 and rule.name not in session.fired
             ):
-                session.fired.append(rule.name)  # this session converted: no browse email
+                # A session that reached a cancelling event sends no browse email.
+                session.fired.append(rule.name)
             continue
         ref = _ref(rule, state)
         starts = tp.type in rule.start and (counted or rule.requires != "session_views")

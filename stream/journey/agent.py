@@ -31,6 +31,7 @@ import orjson
 from faust.streams import _current_event
 
 from stream import contract
+from stream.app import batch_agent
 from stream.contract import Touchpoint
 from stream.faust_ext.fastpath import send_direct
 from stream.journey import dead_letters, linking, rules
@@ -399,18 +400,14 @@ def register_journey(app: faust.App, settings: Settings, topics: Any) -> Journey
         for to_stage in model.all_stages:
             if from_stage != to_stage:
                 m.TRANSITIONS.labels(from_stage=from_stage, to_stage=to_stage)
-    source = app.topic(
-        settings.topics.resolved,
-        settings.topics.timers,
-        schema=faust.Schema(key_serializer="raw", value_serializer="raw"),
+    batch_agent(
+        app,
+        "journey",
+        (settings.topics.resolved, settings.topics.timers),
+        shell.on_batch,
+        size=BATCH_MESSAGES,
+        within_s=BATCH_WINDOW_S,
     )
-
-    @app.agent(source, name="journey")
-    async def journey(stream: faust.StreamT) -> None:
-        # Acks come after the batch body, so after flush() handed the writes to the producer.
-        batches = stream.take_events(BATCH_MESSAGES, within=BATCH_WINDOW_S)  # type: ignore[attr-defined]
-        async for events in batches:
-            await shell.on_batch(events)
 
     def revoked(sender: Any, /, *args: Any, signal: Any, **kwargs: Any) -> None:
         # Another worker may write these journeys while we do not own them.

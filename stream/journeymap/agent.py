@@ -37,6 +37,7 @@ from faust.streams import _current_event
 from stream import dlq
 from stream.analytics.aggregate import Aggregate
 from stream.analytics.config import check
+from stream.app import batch_agent
 from stream.faust_ext.fastpath import changelog_persisted, read_raw, table_items, write_raw
 from stream.journey import visit_records as records
 from stream.journey.visits import ADVANCED, DROPPED, MERGED, VisitClosed, VisitOpened
@@ -241,17 +242,14 @@ def register_map(
             m.MAP_VISITS.labels(stage=stage, outcome=outcome)
     for outcome in ("counted", "duplicate", "dead_letter"):
         m.MAP_RECORDS.labels(outcome=outcome)
-    source = app.topic(
-        settings.topics.visits,
-        schema=faust.Schema(key_serializer="raw", value_serializer="raw"),
+    batch_agent(
+        app,
+        "journey_map",
+        (settings.topics.visits,),
+        shell.on_batch,
+        size=BATCH_MESSAGES,
+        within_s=BATCH_WINDOW_S,
     )
-
-    @app.agent(source, name="journey_map")
-    async def journey_map(stream: faust.StreamT) -> None:
-        # Acks come after the batch body, so after its table writes reached the producer.
-        batches = stream.take_events(BATCH_MESSAGES, within=BATCH_WINDOW_S)  # type: ignore[attr-defined]
-        async for events in batches:
-            await shell.on_batch(events)
 
     def rebalanced(sender: Any, /, *args: Any, signal: Any, **kwargs: Any) -> None:
         shell.forget()

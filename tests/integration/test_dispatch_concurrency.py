@@ -17,8 +17,8 @@ from stream.embedded import SmtpCatcher
 from stream.settings import Settings
 from stream.topics import ensure_topics
 from tests.helpers import wait_for
-from tests.integration.test_dispatcher import Kafka, by_trigger, make_trigger, metric, outcomes
-from tests.procs import Dispatcher, dispatch_settings
+from tests.integration.test_dispatcher import Kafka, by_trigger, make_trigger, outcomes
+from tests.procs import Dispatcher, dispatch_settings, metric_at
 
 
 class SlowRelay(SmtpCatcher):
@@ -194,4 +194,4 @@ def test_a_kept_connection_the_relay_closed_is_replaced_before_use(
     kafka.trigger(make_trigger("c-second"))
     got = wait_for(relay.received, lambda m: len(m) == 1, timeout_s=60)
     assert got[0].rcpt_tos == ("c-second@example.com",)
-    assert metric(d.url, "journey_dispatch_errors_total", stage="smtp") == 0
+    assert metric_at(d.url, "journey_dispatch_errors_total", stage="smtp") == 0

@@ -3,9 +3,6 @@ get no email and end ``held_out``; the split is the same on every run."""
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -15,12 +12,12 @@ import pytest
 import redis
 
 from stream.embedded import SmtpCatcher
-from stream.settings import Settings, to_environ
+from stream.settings import Settings
 from stream.topics import ensure_topics
 from stream.triggers.holdout import Holdouts
 from tests.helpers import wait_for
-from tests.integration.test_dispatcher import Kafka, make_trigger, metric, outcomes
-from tests.procs import Dispatcher, dispatch_settings
+from tests.integration.test_dispatcher import Kafka, make_trigger, outcomes
+from tests.procs import Dispatcher, dispatch_settings, metric_at
 
 
 def with_cart_holdout(settings: Settings, fraction: float) -> Settings:
@@ -45,7 +42,7 @@ def run(env: Settings, log: Path, customers: list[str], ref: str) -> dict[str, s
             lambda got: len(got) >= len(customers),
             timeout_s=120,
         )
-        assert metric(
+        assert metric_at(
             d.url, "journey_dispatch_outcomes_total", rule="cart", outcome="held_out"
         ) == sum(r["outcome"] == "held_out" for r in records)
         return {r["journey_key"]: r["outcome"] for r in records}
@@ -98,32 +95,28 @@ def test_half_held_out_get_no_email_the_rest_do_and_the_split_is_stable(
     ],
 )
 def test_a_dispatcher_with_a_holdout_out_of_range_stops_at_start_naming_the_rule(
-    settings: Settings, redis_server: Any, change: dict[str, Any], message: str
+    settings: Settings, redis_server: Any, tmp_path: Path, change: dict[str, Any], message: str
 ) -> None:
     env = dispatch_settings(settings, redis_server.url, 25)
     rules = (dict(env.journey.abandonment[0], **change), *env.journey.abandonment[1:])
     env = replace(env, journey=replace(env.journey, abandonment=rules))
-    proc = subprocess.run(
-        [sys.executable, "-m", "stream.cli", "dispatcher"],
-        env={**os.environ, **to_environ(env)},
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
-    assert proc.returncode == 2, proc.stderr[-2000:]
-    assert message in proc.stderr
+    assert message in refused(env, tmp_path / "refused.log")
 
 
-def test_a_dispatcher_with_no_slots_stops_at_start(settings: Settings, redis_server: Any) -> None:
+def test_a_dispatcher_with_no_slots_stops_at_start(
+    settings: Settings, redis_server: Any, tmp_path: Path
+) -> None:
     env = dispatch_settings(settings, redis_server.url, 25, max_in_flight=0)
-    proc = subprocess.run(
-        [sys.executable, "-m", "stream.cli", "dispatcher"],
-        env={**os.environ, **to_environ(env)},
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
-    assert proc.returncode == 2, proc.stderr[-2000:]
-    assert "dispatch.max_in_flight must be from 1 to 10000, not 0" in proc.stderr
+    log = refused(env, tmp_path / "refused.log")
+    assert "dispatch.max_in_flight must be from 1 to 10000, not 0" in log
+
+
+def refused(env: Settings, log: Path) -> str:
+    """The log of a dispatcher started with ``env``, which must exit 2 at start."""
+    dispatcher = Dispatcher(env, log).start()
+    assert dispatcher.proc is not None
+    try:
+        assert dispatcher.proc.wait(120) == 2, log.read_text()[-2000:]
+    finally:
+        dispatcher.stop()
+    return log.read_text()

@@ -28,7 +28,7 @@ from stream.topics import ensure_topics
 from stream.triggers.trigger import ABANDONMENT, Trigger, TriggerItem
 from tests.helpers import REPO as ROOT
 from tests.helpers import read_topic, wait_for
-from tests.procs import Dispatcher, dispatch_settings, http_get
+from tests.procs import Dispatcher, dispatch_settings, metric_at
 
 HOUR_MS = 3_600_000
 SECRET = "test-secret"
@@ -135,19 +135,6 @@ def by_trigger(records: list[dict[str, Any]]) -> dict[str, list[str]]:
     return out
 
 
-def metric(url: str, name: str, **labels: str) -> float:
-    from prometheus_client.parser import text_string_to_metric_families
-
-    status, text = http_get(f"{url}/metrics")
-    assert status == 200
-    return sum(
-        s.value
-        for family in text_string_to_metric_families(text)
-        for s in family.samples
-        if s.name == name and all(s.labels.get(k) == v for k, v in labels.items())
-    )
-
-
 def body(msg: EmailMessage, subtype: str) -> str:
     part = msg.get_body(preferencelist=(subtype,))
     assert part is not None
@@ -203,11 +190,12 @@ def test_a_trigger_sends_one_email_and_a_redelivery_is_deduplicated(
 
     url = dispatcher.url
     assert (
-        metric(url, "journey_dispatch_outcomes_total", rule="cart_abandoned", outcome="sent") == 1
+        metric_at(url, "journey_dispatch_outcomes_total", rule="cart_abandoned", outcome="sent")
+        == 1
     )
-    assert metric(url, "journey_dispatch_outcomes_total", outcome="deduplicated") == 1
-    assert metric(url, "journey_dispatch_outcomes_total", outcome="unreachable") == 1
-    assert metric(url, "journey_trigger_to_send_seconds_count") == 1
+    assert metric_at(url, "journey_dispatch_outcomes_total", outcome="deduplicated") == 1
+    assert metric_at(url, "journey_dispatch_outcomes_total", outcome="unreachable") == 1
+    assert metric_at(url, "journey_trigger_to_send_seconds_count") == 1
 
 
 def test_frequency_cap_per_customer(
@@ -300,7 +288,7 @@ def test_quiet_hours_delay_then_send_after_a_restart(
         records = wait_outcomes(env, 1, timeout=30)
         assert [r["outcome"] for r in records] == ["delayed_quiet_hours"]
         assert abs(records[0]["release_at"] - int(opens.timestamp() * 1000)) < 1500
-        wait_for(lambda: metric(first.url, "journey_dispatch_scheduled"), lambda v: v == 1)
+        wait_for(lambda: metric_at(first.url, "journey_dispatch_scheduled"), lambda v: v == 1)
     finally:
         first.stop()
     assert smtp.received() == []
@@ -348,8 +336,8 @@ def test_smtp_down_retries_then_dead_letters(
         assert len(dead) == 1 and dead[0].value == t.dumps()
         headers = dict(dead[0].headers)
         assert b"after 3 attempts" in headers["reason"] and headers["stage"] == b"smtp"
-        assert metric(d.url, "journey_dispatch_errors_total", stage="smtp") == 3
-        assert metric(d.url, "journey_dispatch_outcomes_total", outcome="failed") == 1
+        assert metric_at(d.url, "journey_dispatch_errors_total", stage="smtp") == 3
+        assert metric_at(d.url, "journey_dispatch_outcomes_total", outcome="failed") == 1
         # The claim was released: a retry (e.g. a replay from the DLQ) may send.
         client = redis.Redis.from_url(env.redis.url)
         assert client.get(f"{env.dispatch.key_prefix}claim:{t.trigger_id}") is None

@@ -24,7 +24,7 @@ from stream.topics import ensure_topics
 from stream.triggers.trigger import Trigger
 from tests import builders
 from tests.helpers import read_topic, wait_for
-from tests.procs import Dispatcher, dispatch_settings, http_get
+from tests.procs import Dispatcher, dispatch_settings, http_get, metric_at
 
 pytestmark = pytest.mark.slow
 
@@ -203,19 +203,6 @@ def outcomes_by_trigger(settings: Settings) -> dict[str, Counter[str]]:
     return out
 
 
-def metric(url: str, name: str, **labels: str) -> float:
-    from prometheus_client.parser import text_string_to_metric_families
-
-    status, text = http_get(f"{url}/metrics")
-    assert status == 200
-    return sum(
-        s.value
-        for family in text_string_to_metric_families(text)
-        for s in family.samples
-        if s.name == name and all(s.labels.get(k) == v for k, v in labels.items())
-    )
-
-
 def test_webhooks_deliver_once_each_through_a_misbehaving_receiver_and_email_is_unaffected(
     settings: Settings,
     redis_server: Any,
@@ -286,9 +273,11 @@ def test_webhooks_deliver_once_each_through_a_misbehaving_receiver_and_email_is_
         assert max(a for e, _, a in receiver.requests if e == "crm") >= 2
 
         url = dispatcher.url
-        assert metric(url, "journey_webhook_requests_total", endpoint="down") == 3 * len(ids)
-        assert metric(url, "journey_webhook_requests_total", endpoint="crm", result="timeout") >= 1
-        delivered = metric(url, "journey_webhook_deliveries_total", endpoint="held")
+        assert metric_at(url, "journey_webhook_requests_total", endpoint="down") == 3 * len(ids)
+        assert (
+            metric_at(url, "journey_webhook_requests_total", endpoint="crm", result="timeout") >= 1
+        )
+        delivered = metric_at(url, "journey_webhook_deliveries_total", endpoint="held")
         assert delivered == len(ids)
         assert "journey_webhook_breaker_state" in http_get(f"{url}/metrics")[1]
     finally:

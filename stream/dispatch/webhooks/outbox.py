@@ -19,29 +19,14 @@ from typing import Any
 import orjson
 import redis.asyncio as aioredis
 
-_TAKE_DUE = """
-local now = tonumber(ARGV[1])
-local ids = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now, 'LIMIT', 0, tonumber(ARGV[3]))
-local out = {}
-for _, id in ipairs(ids) do
-  local entry = redis.call('HGET', KEYS[2], id)
-  if entry then
-    redis.call('ZADD', KEYS[1], now + tonumber(ARGV[2]), id)
-    table.insert(out, id)
-    table.insert(out, entry)
-  else
-    redis.call('ZREM', KEYS[1], id)
-  end
-end
-return out
-"""
+from stream.dispatch.schedule import TAKE_DUE
 
 
 class WebhookOutbox:
     def __init__(self, client: aioredis.Redis, prefix: str) -> None:
         self.client = client
         self.prefix = prefix
-        self._take_due = client.register_script(_TAKE_DUE)
+        self._take_due = client.register_script(TAKE_DUE)
 
     def due_key(self, endpoint: str) -> str:
         return f"{self.prefix}webhook:due:{endpoint}"
