@@ -42,7 +42,7 @@ from stream.dispatch.smtp import SendError, SmtpSender
 from stream.dispatch.webhooks.channel import WebhookChannel
 from stream.observability import metrics as m
 from stream.settings import Settings
-from stream.triggers.channels import EMAIL_ONLY
+from stream.triggers.channels import EMAIL_ONLY, Route
 from stream.triggers.holdout import Holdouts
 from stream.triggers.trigger import Trigger
 
@@ -225,7 +225,7 @@ class Dispatcher:
             if self.guards.lease is not None:
                 # Paused past the lease, another process may be this instance now.
                 await self.guards.lease.check()
-            msg_id, how = await self._send_channels(trigger, raw, now)
+            msg_id, how = await self._send_channels(trigger, raw, route, now)
         except BaseException:
             with contextlib.suppress(redis.exceptions.RedisError):
                 await self.guards.give_back_cap_slot(customer, CHANNEL, tid)
@@ -236,14 +236,13 @@ class Dispatcher:
         return await self._publish(trigger, outcomes.SENT, how, message_id=msg_id)
 
     async def _send_channels(
-        self, trigger: Trigger, raw: bytes, now: int
+        self, trigger: Trigger, raw: bytes, route: Route, now: int
     ) -> tuple[str | None, str]:
         """Send a decided trigger through its rule's channels: (email message id, how).
 
         Webhooks are queued first (idempotent, delivered beside this agent), so
         retrying a failed email never queues them twice; a webhook-only rule sends no email.
         """
-        route = self.webhooks.route(trigger.rule) if self.webhooks else EMAIL_ONLY
         queued = ""
         if self.webhooks is not None and route.webhooks:
             await self.webhooks.queue(trigger, raw, route, now)
